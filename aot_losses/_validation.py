@@ -1,0 +1,181 @@
+"""Input checks whose messages name the argument, what was expected and what came.
+
+Two kinds of checks:
+
+* **metadata checks** (type, dtype, shape, device, option names and ranges) always run; they read
+  no tensor values and never synchronize a device;
+* **value checks** (non-finite inputs, negative or all-zero weights) read tensor values. On the CPU
+  they are cheap and run by default; on an accelerator they would force a host-device sync every
+  step, so there they run only when enabled with :func:`set_value_checks` ``("always")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+ValueChecks = Literal["auto", "always", "never"]
+Reduction = Literal["mean", "sum", "none"]
+
+_value_checks: ValueChecks = "auto"
+
+
+def set_value_checks(mode: ValueChecks) -> None:
+    """Choose when checks that read tensor values run.
+
+    Args:
+        mode: ``"auto"`` (default): on CPU tensors only, where they cost no device sync;
+            ``"always"``: on every device (one host-device sync per checked call on accelerators);
+            ``"never"``: skip them (non-finite inputs then propagate to a NaN loss).
+
+    Raises:
+        ValueError: ``mode`` is not one of the three names.
+    """
+    global _value_checks
+    check_choice(mode, "mode", get_args(ValueChecks))
+    _value_checks = mode
+
+
+def get_value_checks() -> ValueChecks:
+    """Return the current mode set by :func:`set_value_checks`."""
+    return _value_checks
+
+
+def _values_checked(x: Tensor) -> bool:
+    if _value_checks == "never" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return _value_checks == "always" or x.device.type == "cpu"
+
+
+def describe(x: object) -> str:
+    """A short description of a received value for error messages."""
+    if isinstance(x, Tensor):
+        return f"a tensor of shape {tuple(x.shape)}, dtype {x.dtype}, on {x.device}"
+    return f"{x!r} ({type(x).__name__})"
+
+
+def check_choice(value: object, name: str, choices: Iterable[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {expected}; got {value!r}")
+
+
+def check_positive(value: object, name: str) -> float:
+    """Raise unless ``value`` is a finite real number > 0; return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive real number; got {describe(value)}")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def check_label_smoothing(value: object) -> float:
+    """Raise unless ``0 <= value < 0.5`` (conservative label smoothing as in cDPO)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"label_smoothing must be a real number in [0, 0.5); got {describe(value)}")
+    if not 0.0 <= value < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5); got {value!r}")
+    return float(value)
+
+
+def check_tensor(
+    x: object, name: str, *, ndim: int | None = None, min_ndim: int = 0, allow_empty: bool = False
+) -> Tensor:
+    """Check that ``x`` is a floating-point tensor with the given dimensionality, non-empty
+    unless ``allow_empty`` (a rank's share of a global batch may be empty)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {describe(x)}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64); "
+            f"got {x.dtype}"
+        )
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got {x.dim()}-D with shape {tuple(x.shape)}")
+    if x.dim() < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s); got shape {tuple(x.shape)}"
+        )
+    if x.numel() == 0 and not allow_empty:
+        raise ValueError(f"{name} must not be empty; got shape {tuple(x.shape)}")
+    return x
+
+
+def check_same_device(tensors: dict[str, Tensor]) -> None:
+    """Raise ``ValueError`` unless every tensor lies on the same device."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} must be on the same device as {first_name} ({first.device}); "
+                f"got {t.device}"
+            )
+
+
+def check_same_dtype(tensors: dict[str, Tensor]) -> None:
+    """Raise ``TypeError`` unless every tensor has the same dtype."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(
+                f"{name} must have the same dtype as {first_name} ({first.dtype}); got {t.dtype}"
+            )
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Value check: raise ``ValueError`` if ``x`` holds NaN or infinity."""
+    if _values_checked(x) and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name} must be finite; got {bad} NaN or infinite value(s) of {x.numel()} "
+            "(use aot_losses.set_value_checks('never') to let them propagate to a NaN loss)"
+        )
+
+
+def check_weights(w: object, name: str, like: Tensor, like_name: str) -> Tensor:
+    """Check sample weights: floating, on ``like``'s device, same shape as ``like`` (or
+    broadcastable along leading dimensions), nonnegative, finite and not all zero."""
+    w = check_tensor(w, name, min_ndim=1)
+    check_same_device({like_name: like, name: w})
+    if w.shape[-1] != like.shape[-1]:
+        raise ValueError(
+            f"{name} must have one weight per element of {like_name} (last dimension "
+            f"{like.shape[-1]}); got shape {tuple(w.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(w.shape, like.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} must broadcast against {like_name} of shape {tuple(like.shape)}; "
+            f"got shape {tuple(w.shape)}"
+        ) from None
+    if _values_checked(w):
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"{name} must be finite; got NaN or infinite weights")
+        if bool((w < 0).any()):
+            raise ValueError(f"{name} must be nonnegative; got minimum {float(w.min())}")
+        if bool((w.sum(-1) == 0).any()):
+            raise ValueError(f"{name} must not be all zero (along the last dimension)")
+    return w
+
+
+def check_reduction(reduction: object) -> Reduction:
+    """Raise ``ValueError`` unless ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``."""
+    check_choice(reduction, "reduction", get_args(Reduction))
+    return reduction  # type: ignore[return-value]
+
+
+def reduce(losses: Tensor, reduction: Reduction) -> Tensor:
+    """Apply a ``torch.nn``-style reduction over the last dimension."""
+    if reduction == "mean":
+        return losses.mean(-1)
+    if reduction == "sum":
+        return losses.sum(-1)
+    return losses
