@@ -129,6 +129,25 @@ def check_same_dtype(tensors: dict[str, Tensor]) -> None:
             )
 
 
+def check_logps(tensors: dict[str, Tensor], *, allow_empty: bool = False) -> None:
+    """Check per-sequence log-prob tensors: 1-D, floating, one device, one dtype."""
+    for name, t in tensors.items():
+        check_tensor(t, name, ndim=1, allow_empty=allow_empty)
+    check_same_device(tensors)
+    check_same_dtype(tensors)
+
+
+def check_same_length(tensors: dict[str, Tensor]) -> None:
+    """Raise ``ValueError`` unless the 1-D tensors all have the first one's length."""
+    (first_name, first), *rest = tensors.items()
+    for name, t in rest:
+        if t.shape != first.shape:
+            raise ValueError(
+                f"{name} must have the same length as {first_name} ({first.shape[0]}); "
+                f"got {t.shape[0]}"
+            )
+
+
 def check_finite(x: Tensor, name: str) -> None:
     """Value check: raise ``ValueError`` if ``x`` holds NaN or infinity."""
     if _values_checked(x) and not bool(torch.isfinite(x).all()):
@@ -139,10 +158,13 @@ def check_finite(x: Tensor, name: str) -> None:
         )
 
 
-def check_weights(w: object, name: str, like: Tensor, like_name: str) -> Tensor:
+def check_weights(
+    w: object, name: str, like: Tensor, like_name: str, *, allow_zero_sum: bool = False
+) -> Tensor:
     """Check sample weights: floating, on ``like``'s device, same shape as ``like`` (or
-    broadcastable along leading dimensions), nonnegative, finite and not all zero."""
-    w = check_tensor(w, name, min_ndim=1)
+    broadcastable along leading dimensions), nonnegative, finite and, unless ``allow_zero_sum``
+    (a rank's share of a global batch), not all zero."""
+    w = check_tensor(w, name, min_ndim=1, allow_empty=like.numel() == 0)
     check_same_device({like_name: like, name: w})
     if w.shape[-1] != like.shape[-1]:
         raise ValueError(
@@ -161,7 +183,7 @@ def check_weights(w: object, name: str, like: Tensor, like_name: str) -> Tensor:
             raise ValueError(f"{name} must be finite; got NaN or infinite weights")
         if bool((w < 0).any()):
             raise ValueError(f"{name} must be nonnegative; got minimum {float(w.min())}")
-        if bool((w.sum(-1) == 0).any()):
+        if not allow_zero_sum and bool((w.sum(-1) == 0).any()):
             raise ValueError(f"{name} must not be all zero (along the last dimension)")
     return w
 

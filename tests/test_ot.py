@@ -1,0 +1,316 @@
+"""ot_1d against scipy's exact oracles (LP, assignment, Wasserstein) and its metamorphic laws."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aot_losses import ot_1d
+from aot_losses.penalties import get_penalty
+
+from .tolerances import TOLERANCES, assert_close
+
+scipy_optimize = pytest.importorskip("scipy.optimize")
+scipy_stats = pytest.importorskip("scipy.stats")
+
+# (name or callable, beta, label_smoothing): five convex h, asymmetric ones included.
+CONVEX_PENALTIES: dict[str, tuple[str | Callable[[torch.Tensor], torch.Tensor], float, float]] = {
+    "logistic": ("logistic", 0.7, 0.0),
+    "logistic_smoothed": ("logistic", 1.3, 0.2),
+    "squared_hinge": ("squared_hinge", 0.5, 0.0),
+    "hinge": ("hinge", 0.3, 0.0),
+    "least_squares": ("least_squares", 0.25, 0.0),
+    "exponential": (lambda x: torch.exp(-x), 1.0, 0.0),
+}
+STRICTLY_CONVEX = ["logistic", "logistic_smoothed", "least_squares", "exponential"]
+
+settings.register_profile("ot", max_examples=60, deadline=None, derandomize=True)
+settings.load_profile("ot")
+
+
+def penalty_fn(key: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    penalty, beta, eps = CONVEX_PENALTIES[key]
+    return get_penalty(penalty, beta=beta, label_smoothing=eps)
+
+
+def ot(u, v, key, **kw) -> torch.Tensor:
+    penalty, beta, eps = CONVEX_PENALTIES[key]
+    return ot_1d(u, v, penalty, beta=beta, label_smoothing=eps, **kw)
+
+
+def as64(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def lp_oracle(u, v, a, b, h) -> tuple[float, np.ndarray]:
+    """min <C, P> over the transport polytope, C_ij = h(u_i - v_j), by HiGHS."""
+    n, m = len(u), len(v)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a / a.sum(), b / b.sum()
+    cost = h(as64(u)[:, None] - as64(v)[None, :]).numpy()
+    rows = np.kron(np.eye(n), np.ones((1, m)))
+    cols = np.kron(np.ones((1, n)), np.eye(m))
+    a_eq = np.vstack([rows, cols[:-1]])  # one marginal row is redundant
+    b_eq = np.concatenate([a, b[:-1]])
+    res = scipy_optimize.linprog(
+        cost.ravel(),
+        A_eq=a_eq,
+        b_eq=b_eq,
+        bounds=(0, None),
+        method="highs",
+        options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
+    )
+    assert res.status == 0, res.message
+    return float(res.fun), res.x.reshape(n, m)
+
+
+values = st.one_of(
+    st.floats(-4, 4, allow_nan=False, width=64),
+    st.sampled_from([-1.0, 0.0, 0.5, 2.0]),  # a small pool makes ties likely
+)
+weights_st = st.sampled_from([0.0, 0.25, 1.0, 2.0, 3.5])
+
+
+@st.composite
+def weighted_samples(draw, max_size: int = 7):
+    n = draw(st.integers(1, max_size))
+    m = draw(st.integers(1, max_size))
+    u = draw(st.lists(values, min_size=n, max_size=n))
+    v = draw(st.lists(values, min_size=m, max_size=m))
+    a = draw(st.lists(weights_st, min_size=n, max_size=n).filter(lambda w: sum(w) > 0))
+    b = draw(st.lists(weights_st, min_size=m, max_size=m).filter(lambda w: sum(w) > 0))
+    return u, v, a, b
+
+
+@pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
+@given(sample=weighted_samples())
+def test_matches_linear_program_with_weights_ties_and_unequal_sizes(key, sample):
+    u, v, a, b = sample
+    expected, _ = lp_oracle(u, v, a, b, penalty_fn(key))
+    got = ot(
+        torch.tensor(u, dtype=torch.float64),
+        torch.tensor(v, dtype=torch.float64),
+        key,
+        u_weights=torch.tensor(a, dtype=torch.float64),
+        v_weights=torch.tensor(b, dtype=torch.float64),
+    )
+    assert math.isclose(float(got), expected, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
+@given(data=st.data())
+def test_equal_sizes_match_linear_sum_assignment(key, data):
+    n = data.draw(st.integers(1, 12))
+    u = data.draw(st.lists(values, min_size=n, max_size=n))
+    v = data.draw(st.lists(values, min_size=n, max_size=n))
+    cost = penalty_fn(key)(as64(u)[:, None] - as64(v)[None, :]).numpy()
+    rows, cols = scipy_optimize.linear_sum_assignment(cost)
+    got = ot(torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64), key)
+    assert math.isclose(float(got), cost[rows, cols].mean(), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("key", ["squared_hinge", "logistic"])
+@given(data=st.data())
+def test_unequal_uniform_sizes_match_assignment_on_repeated_atoms(key, data):
+    n, m = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    u = np.array(data.draw(st.lists(values, min_size=n, max_size=n)))
+    v = np.array(data.draw(st.lists(values, min_size=m, max_size=m)))
+    size = math.lcm(n, m)
+    big_u, big_v = np.repeat(u, size // n), np.repeat(v, size // m)
+    cost = penalty_fn(key)(as64(big_u)[:, None] - as64(big_v)[None, :]).numpy()
+    rows, cols = scipy_optimize.linear_sum_assignment(cost)
+    got = ot(as64(u), as64(v), key)
+    assert math.isclose(float(got), cost[rows, cols].mean(), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@given(sample=weighted_samples(max_size=10))
+def test_w1_matches_scipy_wasserstein_distance(sample):
+    u, v, a, b = sample
+    got = ot_1d(
+        torch.tensor(u, dtype=torch.float64),
+        torch.tensor(v, dtype=torch.float64),
+        torch.abs,
+        u_weights=torch.tensor(a, dtype=torch.float64),
+        v_weights=torch.tensor(b, dtype=torch.float64),
+    )
+    expected = scipy_stats.wasserstein_distance(u, v, a, b)
+    assert math.isclose(float(got), expected, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("key", STRICTLY_CONVEX)
+@given(data=st.data())
+def test_gradient_matches_danskin_on_the_lp_plan(key, data):
+    n, m = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    # well-separated distinct atoms: the optimal plan is unique, so Danskin's formula applies
+    atoms = st.lists(st.integers(-40, 40), min_size=n + m, max_size=n + m, unique=True)
+    points = [p / 10 for p in data.draw(atoms)]
+    u, v = points[:n], points[n:]
+    a = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=n, max_size=n))
+    b = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=m, max_size=m))
+    h = penalty_fn(key)
+    _, plan = lp_oracle(u, v, a, b, h)
+    diff = (as64(u)[:, None] - as64(v)[None, :]).requires_grad_()
+    (h_prime,) = torch.autograd.grad(h(diff).sum(), diff)
+    expected_u = (as64(plan) * h_prime).sum(1)
+    expected_v = -(as64(plan) * h_prime).sum(0)
+
+    ut, vt = as64(u).requires_grad_(), as64(v).requires_grad_()
+    value = ot(ut, vt, key, u_weights=as64(a), v_weights=as64(b))
+    grad_u, grad_v = torch.autograd.grad(value, (ut, vt))
+    torch.testing.assert_close(grad_u, expected_u, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(grad_v, expected_v, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gradcheck_float64(key, weighted):
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(2, 5 if not weighted else 7, dtype=torch.float64, generator=gen)
+    v.requires_grad_()
+    kw = {}
+    if weighted:
+        kw = {
+            "u_weights": torch.rand(2, 5, dtype=torch.float64, generator=gen) + 0.1,
+            "v_weights": torch.tensor([0.0, 1.0, 2.0, 0.5, 0.0, 1.0, 3.0], dtype=torch.float64),
+        }
+    assert torch.autograd.gradcheck(lambda a, b: ot(a, b, key, **kw), (u, v))
+
+
+def test_zero_weight_atoms_at_the_ends_give_no_nan():
+    u = torch.tensor([-1e6, 0.0, 1.0, 1e6], dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    h = lambda x: torch.exp(-x)  # noqa: E731 - exp(1e6) overflows to inf
+    value = ot_1d(u, v, h, u_weights=w)
+    value.backward()
+    expected = 0.5 * (math.exp(0.5) + math.exp(1.0))
+    assert math.isclose(value.item(), expected, rel_tol=1e-12)
+    assert torch.isfinite(u.grad).all() and torch.isfinite(v.grad).all()
+    assert u.grad[0] == 0 and u.grad[-1] == 0
+
+
+def test_leading_batch_dimensions_match_per_row_results():
+    gen = torch.Generator().manual_seed(1)
+    u = torch.randn(3, 4, 6, dtype=torch.float64, generator=gen)
+    v = torch.randn(3, 4, 9, dtype=torch.float64, generator=gen)
+    w = torch.rand(6, dtype=torch.float64, generator=gen)
+    batched = ot_1d(u, v, "squared_hinge", beta=0.3, u_weights=w)
+    assert batched.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            row = ot_1d(u[i, j], v[i, j], "squared_hinge", beta=0.3, u_weights=w)
+            assert_close(batched[i, j], row)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_output_keeps_dtype_and_device(dtype, weighted):
+    u, v = torch.randn(8, dtype=dtype), torch.randn(8 if not weighted else 5, dtype=dtype)
+    out = ot_1d(u, v, u_weights=torch.ones(8, dtype=dtype) if weighted else None)
+    assert out.dtype == dtype and out.device == u.device and out.shape == ()
+
+
+def test_float32_accuracy_bound_against_float64():
+    gen = torch.Generator().manual_seed(2)
+    u = torch.randn(4096, dtype=torch.float64, generator=gen) * 30 - 100
+    v = torch.randn(3001, dtype=torch.float64, generator=gen) * 30 - 110
+    w = torch.rand(4096, dtype=torch.float64, generator=gen)
+    exact = ot_1d(u, v, "squared_hinge", beta=1.0, u_weights=w)
+    approx = ot_1d(u.float(), v.float(), "squared_hinge", beta=1.0, u_weights=w.float())
+    # float32 rounds each sample to ~6e-8 relative; the cost moves by at most that much per unit
+    # of h's Lipschitz constant on the data, so a 1e-5 relative bound is generous but real.
+    assert abs(float(approx) - float(exact)) <= TOLERANCES[torch.float32]["rtol"] * float(exact)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("m", [6, 4])
+def test_reductions_are_consistent_with_mean(reduction, m):
+    gen = torch.Generator().manual_seed(3)
+    u, v = torch.randn(6, generator=gen).double(), torch.randn(m, generator=gen).double()
+    mean = ot_1d(u, v, "hinge", beta=0.5)
+    out = ot_1d(u, v, "hinge", beta=0.5, reduction=reduction)
+    if reduction == "none":
+        assert out.shape == ((6,) if m == 6 else (10,))
+        assert_close(out.mean(), mean)
+    else:
+        assert_close(out, mean * (6 if m == 6 else 10))
+
+
+# ----------------------------------------------------------------- metamorphic properties
+
+
+@st.composite
+def float64_samples(draw):
+    u, v, a, b = draw(weighted_samples())
+    return (torch.tensor(x, dtype=torch.float64) for x in (u, v, a, b))
+
+
+@given(sample=float64_samples(), seed=st.integers(0, 2**16))
+def test_invariant_to_shuffling(sample, seed):
+    u, v, a, b = sample
+    gen = torch.Generator().manual_seed(seed)
+    pu, pv = torch.randperm(len(u), generator=gen), torch.randperm(len(v), generator=gen)
+    kw = {"beta": 0.5}
+    base = ot_1d(u, v, "squared_hinge", u_weights=a, v_weights=b, **kw)
+    shuffled = ot_1d(u[pu], v[pv], "squared_hinge", u_weights=a[pu], v_weights=b[pv], **kw)
+    assert_close(shuffled, base)
+
+
+@given(sample=float64_samples(), shift=st.floats(-50, 50))
+def test_invariant_to_a_common_shift(sample, shift):
+    u, v, a, b = sample
+    base = ot_1d(u, v, "logistic", beta=0.9, u_weights=a, v_weights=b)
+    moved = ot_1d(u + shift, v + shift, "logistic", beta=0.9, u_weights=a, v_weights=b)
+    torch.testing.assert_close(moved, base, rtol=1e-9, atol=1e-12 * (1 + abs(shift)))
+
+
+@given(sample=float64_samples(), scale=st.floats(1e-3, 1e3))
+def test_invariant_to_scaling_the_weights(sample, scale):
+    u, v, a, b = sample
+    base = ot_1d(u, v, "least_squares", u_weights=a, v_weights=b)
+    assert_close(ot_1d(u, v, "least_squares", u_weights=a * scale, v_weights=b), base)
+
+
+@given(sample=float64_samples(), share=st.floats(0.0, 1.0))
+def test_splitting_an_atom_changes_nothing(sample, share):
+    u, v, a, b = sample
+    base = ot_1d(u, v, "hinge", beta=0.2, u_weights=a, v_weights=b)
+    split_u = torch.cat((u, u[:1]))
+    split_a = torch.cat((a[:1] * share, a[1:], a[:1] * (1 - share)))
+    assert_close(ot_1d(split_u, v, "hinge", beta=0.2, u_weights=split_a, v_weights=b), base)
+
+
+@pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
+@given(sample=float64_samples())
+def test_jensen_lower_bound(key, sample):
+    u, v, a, b = sample
+    mean_gap = (u * a).sum() / a.sum() - (v * b).sum() / b.sum()
+    bound = penalty_fn(key)(mean_gap)
+    assert float(ot(u, v, key, u_weights=a, v_weights=b)) >= float(bound) - 1e-12
+
+
+def test_zero_when_h_vanishes_and_the_samples_coincide():
+    gen = torch.Generator().manual_seed(4)
+    u = torch.randn(16, dtype=torch.float64, generator=gen)
+    h = lambda x: torch.relu(-x).square()  # noqa: E731 - h(0) = 0
+    assert float(ot_1d(u, u[torch.randperm(16, generator=gen)], h)) == 0.0
+
+
+def test_nonconvex_penalty_is_only_an_upper_bound():
+    """Why the contract asks for convex h: for a concave cost the sorted coupling is not OT."""
+    u, v = [0.0, 1.0], [1.0, 2.0]
+
+    def concave(x: torch.Tensor) -> torch.Tensor:
+        return x.abs().sqrt()
+
+    sorted_value = float(ot_1d(as64(u), as64(v), concave))
+    exact, _ = lp_oracle(u, v, [1, 1], [1, 1], concave)
+    assert sorted_value == 1.0
+    assert math.isclose(exact, math.sqrt(2) / 2, rel_tol=1e-9)

@@ -1,0 +1,25 @@
+"""The one tolerance table of the test suite, keyed by dtype."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float64: {"rtol": 1e-9, "atol": 1e-12},
+    torch.float32: {"rtol": 1e-5, "atol": 1e-6},
+    torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+    torch.bfloat16: {"rtol": 1e-2, "atol": 1e-2},
+}
+
+
+def assert_close(actual: Any, expected: Any, dtype: torch.dtype | None = None) -> None:
+    """``torch.testing.assert_close`` with the table's tolerance for ``dtype`` (default: the
+    dtype of ``actual``); numbers and arrays are compared as float64 tensors."""
+    actual_t = torch.as_tensor(actual)
+    expected_t = torch.as_tensor(expected)
+    dtype = dtype or actual_t.dtype
+    torch.testing.assert_close(
+        actual_t.double(), expected_t.double().to(actual_t.device), **TOLERANCES[dtype]
+    )
