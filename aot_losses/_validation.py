@@ -45,7 +45,7 @@ def get_value_checks() -> ValueChecks:
 
 
 def _values_checked(x: Tensor) -> bool:
-    if _value_checks == "never" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if _value_checks == "never" or torch.compiler.is_compiling():
         return False
     return _value_checks == "always" or x.device.type == "cpu"
 
@@ -130,11 +130,14 @@ def check_same_dtype(tensors: dict[str, Tensor]) -> None:
 
 
 def check_logps(tensors: dict[str, Tensor], *, allow_empty: bool = False) -> None:
-    """Check per-sequence log-prob tensors: 1-D, floating, one device, one dtype."""
+    """Check per-sequence log-prob tensors: 1-D, floating, one device, one dtype, finite (a
+    value check)."""
     for name, t in tensors.items():
         check_tensor(t, name, ndim=1, allow_empty=allow_empty)
     check_same_device(tensors)
     check_same_dtype(tensors)
+    for name, t in tensors.items():
+        check_finite(t, name)
 
 
 def check_same_length(tensors: dict[str, Tensor]) -> None:
@@ -171,13 +174,12 @@ def check_weights(
             f"{name} must have one weight per element of {like_name} (last dimension "
             f"{like.shape[-1]}); got shape {tuple(w.shape)}"
         )
-    try:
-        torch.broadcast_shapes(w.shape, like.shape)
-    except RuntimeError:
+    trailing = like.shape[like.dim() - w.dim() :]
+    if w.dim() > like.dim() or any(a not in (1, b) for a, b in zip(w.shape, trailing, strict=True)):
         raise ValueError(
             f"{name} must broadcast against {like_name} of shape {tuple(like.shape)}; "
             f"got shape {tuple(w.shape)}"
-        ) from None
+        )
     if _values_checked(w):
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"{name} must be finite; got NaN or infinite weights")

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
-from ._validation import Reduction, check_logps, check_same_length
-from .ot import SortKind, ot_1d
+from ._validation import Reduction, check_logps, check_same_length, check_weights
+from .ot import SortKind, resolve_options, transport
 from .penalties import PenaltyLike
 
 if TYPE_CHECKING:
@@ -94,16 +94,20 @@ def aot_paired_loss(
         "reference_chosen_logps": reference_chosen_logps,
         "reference_rejected_logps": reference_rejected_logps,
     }
-    check_logps(tensors, allow_empty=process_group is not None)
+    h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
+    distributed = process_group is not None
+    check_logps(tensors, allow_empty=distributed)
     check_same_length(tensors)
-    return ot_1d(
+    if weights is not None:
+        weights = check_weights(
+            weights, "weights", policy_chosen_logps, "the log-probs", allow_zero_sum=distributed
+        )
+    return transport(
         policy_chosen_logps - policy_rejected_logps,
         reference_chosen_logps - reference_rejected_logps,
-        penalty,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        u_weights=weights,
-        v_weights=weights,
+        h,
+        weights,
+        weights,
         sort=sort,
         regularization=regularization,
         regularization_strength=regularization_strength,
@@ -168,19 +172,25 @@ def aot_unpaired_loss(
         "reference_chosen_logps": reference_chosen_logps,
         "reference_rejected_logps": reference_rejected_logps,
     }
-    check_logps(tensors, allow_empty=process_group is not None)
+    h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
+    distributed = process_group is not None
+    check_logps(tensors, allow_empty=distributed)
     check_same_length({k: tensors[k] for k in ("policy_chosen_logps", "reference_chosen_logps")})
     check_same_length(
         {k: tensors[k] for k in ("policy_rejected_logps", "reference_rejected_logps")}
     )
-    return ot_1d(
+    for name, w, like in (
+        ("chosen_weights", chosen_weights, policy_chosen_logps),
+        ("rejected_weights", rejected_weights, policy_rejected_logps),
+    ):
+        if w is not None:
+            check_weights(w, name, like, "its log-probs", allow_zero_sum=distributed)
+    return transport(
         policy_chosen_logps - reference_chosen_logps,
         policy_rejected_logps - reference_rejected_logps,
-        penalty,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        u_weights=chosen_weights,
-        v_weights=rejected_weights,
+        h,
+        chosen_weights,
+        rejected_weights,
         sort=sort,
         regularization=regularization,
         regularization_strength=regularization_strength,

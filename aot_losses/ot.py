@@ -101,9 +101,7 @@ def ot_1d(
         >>> ot_1d(u, v, "least_squares", beta=1.0)
         tensor(2.)
     """
-    h = get_penalty(penalty, beta=beta, label_smoothing=label_smoothing)
-    check_choice(sort, "sort", ("hard", "soft"))
-    reduction = check_reduction(reduction)
+    h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
     distributed = process_group is not None
     u = check_tensor(u, "u", min_ndim=1, allow_empty=distributed)
     v = check_tensor(v, "v", min_ndim=1, allow_empty=distributed)
@@ -120,7 +118,50 @@ def ot_1d(
         u_weights = check_weights(u_weights, "u_weights", u, "u", allow_zero_sum=distributed)
     if v_weights is not None:
         v_weights = check_weights(v_weights, "v_weights", v, "v", allow_zero_sum=distributed)
-    if distributed:
+    return transport(
+        u,
+        v,
+        h,
+        u_weights,
+        v_weights,
+        sort=sort,
+        regularization=regularization,
+        regularization_strength=regularization_strength,
+        sort_backend=sort_backend,
+        process_group=process_group,
+        reduction=reduction,
+    )
+
+
+def resolve_options(
+    penalty: PenaltyLike,
+    beta: float,
+    label_smoothing: float,
+    sort: SortKind,
+    reduction: Reduction,
+) -> tuple[Penalty, Reduction]:
+    """Check the options shared by :func:`ot_1d` and the losses; resolve the penalty."""
+    h = get_penalty(penalty, beta=beta, label_smoothing=label_smoothing)
+    check_choice(sort, "sort", ("hard", "soft"))
+    return h, check_reduction(reduction)
+
+
+def transport(
+    u: Tensor,
+    v: Tensor,
+    h: Penalty,
+    u_weights: Tensor | None,
+    v_weights: Tensor | None,
+    *,
+    sort: SortKind,
+    regularization: Literal["l2", "kl"],
+    regularization_strength: float,
+    sort_backend: Literal["torch", "torchsort", "sinkhorn"],
+    process_group: ProcessGroup | None,
+    reduction: Reduction,
+) -> Tensor:
+    """:func:`ot_1d` on inputs its callers have checked."""
+    if process_group is not None:
         u, v, u_weights, v_weights = _gather(process_group, u, v, u_weights, v_weights)
 
     def sort_values(x: Tensor) -> Tensor:

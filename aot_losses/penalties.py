@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Literal, Union
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,7 +30,7 @@ from ._validation import check_choice, check_label_smoothing, check_positive, de
 
 PenaltyName = Literal["logistic", "squared_hinge", "hinge", "least_squares"]
 Penalty = Callable[[Tensor], Tensor]
-PenaltyLike = Union[PenaltyName, Penalty]
+PenaltyLike = PenaltyName | Penalty
 
 
 def logistic(x: Tensor, beta: float = 0.01, label_smoothing: float = 0.0) -> Tensor:
@@ -127,7 +127,9 @@ def get_penalty(
             )
         return penalty
     if not isinstance(penalty, str):
-        raise TypeError(f"penalty must be a name or an elementwise callable; got {describe(penalty)}")
+        raise TypeError(
+            f"penalty must be a name or an elementwise callable; got {describe(penalty)}"
+        )
     check_choice(penalty, "penalty", PENALTIES)
     if penalty == "logistic":
         return partial(logistic, beta=beta, label_smoothing=label_smoothing)

@@ -1,0 +1,95 @@
+"""``nn.Module`` wrappers: options are fixed at construction, ``forward`` only calls the function.
+
+Example:
+    >>> import torch
+    >>> loss_fn = AOTPairedLoss(beta=1.0, penalty="squared_hinge")
+    >>> loss_fn
+    AOTPairedLoss(beta=1.0, penalty='squared_hinge')
+    >>> pc, pr, rc, rr = torch.tensor([-1.0]), torch.tensor([-2.0]), torch.zeros(1), torch.zeros(1)
+    >>> loss_fn(pc, pr, rc, rr)
+    tensor(0.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from .baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
+from .losses import aot_paired_loss, aot_unpaired_loss
+
+
+class _FunctionalLoss(nn.Module):
+    """Holds keyword options of ``function``; ``forward(*tensors, **per_call)`` calls it."""
+
+    function: ClassVar[Callable[..., Tensor]]
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        parameters = inspect.signature(type(self).function).parameters.values()
+        known = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+        for name in options:
+            if name not in known:
+                raise TypeError(
+                    f"{type(self).__name__} got an unexpected option {name!r}; "
+                    f"expected one of {known}"
+                )
+        self.options = options
+
+    def forward(
+        self,
+        policy_chosen_logps: Tensor,
+        policy_rejected_logps: Tensor,
+        reference_chosen_logps: Tensor,
+        reference_rejected_logps: Tensor,
+        **per_call: Any,
+    ) -> Tensor:
+        return type(self).function(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
+            **{**self.options, **per_call},
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class AOTPairedLoss(_FunctionalLoss):
+    """Module form of :func:`aot_losses.aot_paired_loss` (same keyword options)."""
+
+    function = staticmethod(aot_paired_loss)
+
+
+class AOTUnpairedLoss(_FunctionalLoss):
+    """Module form of :func:`aot_losses.aot_unpaired_loss` (same keyword options)."""
+
+    function = staticmethod(aot_unpaired_loss)
+
+
+class DPOLoss(_FunctionalLoss):
+    """Module form of :func:`aot_losses.baselines.dpo_loss`."""
+
+    function = staticmethod(dpo_loss)
+
+
+class IPOLoss(_FunctionalLoss):
+    """Module form of :func:`aot_losses.baselines.ipo_loss`."""
+
+    function = staticmethod(ipo_loss)
+
+
+class SLiCLoss(_FunctionalLoss):
+    """Module form of :func:`aot_losses.baselines.slic_loss`."""
+
+    function = staticmethod(slic_loss)
+
+
+class KTOLoss(_FunctionalLoss):
+    """Module form of :func:`aot_losses.baselines.kto_loss`."""
+
+    function = staticmethod(kto_loss)

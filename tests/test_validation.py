@@ -1,0 +1,253 @@
+"""Every bad input of docs/errors.md raises its documented error, naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import aot_losses
+from aot_losses import aot_paired_loss, aot_unpaired_loss, ot_1d
+from aot_losses.baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
+
+x4 = torch.randn(4)
+ok = [x4, x4 - 1, x4 + 0.5, x4 - 0.5]
+
+
+def replace(i: int, value: object) -> list[object]:
+    args: list[object] = list(ok)
+    args[i] = value
+    return args
+
+
+BAD_INPUTS = [
+    # (id, call, error, message fragment)
+    (
+        "2-D log-probs",
+        lambda: aot_paired_loss(*replace(0, torch.randn(4, 2))),
+        ValueError,
+        "policy_chosen_logps must be 1-D; got 2-D",
+    ),
+    (
+        "0-D log-probs",
+        lambda: aot_unpaired_loss(*replace(3, torch.tensor(1.0))),
+        ValueError,
+        "reference_rejected_logps must be 1-D; got 0-D",
+    ),
+    (
+        "paired lengths differ",
+        lambda: aot_paired_loss(*replace(1, torch.randn(5))),
+        ValueError,
+        "policy_rejected_logps must have the same length as policy_chosen_logps",
+    ),
+    (
+        "unpaired policy/reference lengths differ",
+        lambda: aot_unpaired_loss(x4, torch.randn(3), x4, torch.randn(2)),
+        ValueError,
+        "reference_rejected_logps must have the same length as policy_rejected_logps",
+    ),
+    (
+        "empty",
+        lambda: aot_paired_loss(*[torch.empty(0)] * 4),
+        ValueError,
+        "policy_chosen_logps must not be empty",
+    ),
+    (
+        "integer dtype",
+        lambda: aot_paired_loss(*replace(2, torch.arange(4))),
+        TypeError,
+        "reference_chosen_logps must have a floating-point dtype",
+    ),
+    (
+        "not a tensor",
+        lambda: aot_paired_loss(*replace(0, [1.0, 2.0])),
+        TypeError,
+        "policy_chosen_logps must be a torch.Tensor; got",
+    ),
+    (
+        "dtypes differ",
+        lambda: aot_paired_loss(*replace(1, x4.double())),
+        TypeError,
+        "policy_rejected_logps must have the same dtype as policy_chosen_logps",
+    ),
+    (
+        "devices differ",
+        lambda: aot_paired_loss(*replace(1, x4.to("meta"))),
+        ValueError,
+        "policy_rejected_logps must be on the same device as policy_chosen_logps",
+    ),
+    (
+        "negative weights",
+        lambda: aot_paired_loss(*ok, weights=torch.tensor([1.0, -1.0, 1.0, 1.0])),
+        ValueError,
+        "weights must be nonnegative; got minimum -1.0",
+    ),
+    (
+        "all-zero weights",
+        lambda: aot_unpaired_loss(*ok, rejected_weights=torch.zeros(4)),
+        ValueError,
+        "rejected_weights must not be all zero",
+    ),
+    (
+        "non-finite weights",
+        lambda: aot_unpaired_loss(*ok, chosen_weights=torch.tensor([1, math.nan, 1, 1])),
+        ValueError,
+        "chosen_weights must be finite",
+    ),
+    (
+        "weights of the wrong length",
+        lambda: aot_paired_loss(*ok, weights=torch.ones(3)),
+        ValueError,
+        r"weights must have one weight per element of the log-probs \(last dimension 4\)",
+    ),
+    (
+        "integer weights",
+        lambda: aot_paired_loss(*ok, weights=torch.ones(4, dtype=torch.int64)),
+        TypeError,
+        "weights must have a floating-point dtype",
+    ),
+    (
+        "unknown penalty",
+        lambda: aot_paired_loss(*ok, penalty="hingee"),
+        ValueError,
+        "penalty must be one of 'logistic', 'squared_hinge', 'hinge', 'least_squares'; "
+        "got 'hingee'",
+    ),
+    (
+        "penalty of the wrong type",
+        lambda: aot_paired_loss(*ok, penalty=3),
+        TypeError,
+        "penalty must be a name or an elementwise callable; got 3",
+    ),
+    (
+        "unknown reduction",
+        lambda: aot_paired_loss(*ok, reduction="avg"),
+        ValueError,
+        "reduction must be one of 'mean', 'sum', 'none'; got 'avg'",
+    ),
+    (
+        "unknown sort",
+        lambda: aot_unpaired_loss(*ok, sort="quick"),
+        ValueError,
+        "sort must be one of 'hard', 'soft'; got 'quick'",
+    ),
+    (
+        "beta = 0",
+        lambda: aot_paired_loss(*ok, beta=0.0),
+        ValueError,
+        "beta must be a finite number > 0; got 0.0",
+    ),
+    ("beta < 0", lambda: dpo_loss(*ok, beta=-1), ValueError, "beta must be a finite number > 0"),
+    (
+        "beta infinite",
+        lambda: ipo_loss(*ok, beta=math.inf),
+        ValueError,
+        "beta must be a finite number > 0; got inf",
+    ),
+    (
+        "beta not a number",
+        lambda: aot_paired_loss(*ok, beta="0.1"),
+        TypeError,
+        "beta must be a positive real number",
+    ),
+    (
+        "label smoothing = 0.5",
+        lambda: aot_paired_loss(*ok, label_smoothing=0.5),
+        ValueError,
+        r"label_smoothing must be in \[0, 0.5\); got 0.5",
+    ),
+    (
+        "label smoothing < 0",
+        lambda: dpo_loss(*ok, label_smoothing=-0.1),
+        ValueError,
+        r"label_smoothing must be in \[0, 0.5\)",
+    ),
+    (
+        "label smoothing without logistic",
+        lambda: aot_paired_loss(*ok, penalty="hinge", label_smoothing=0.1),
+        ValueError,
+        "label_smoothing applies to the 'logistic' penalty only",
+    ),
+    (
+        "NaN log-probs",
+        lambda: aot_paired_loss(*replace(0, torch.tensor([0, math.nan, 0, 0]))),
+        ValueError,
+        r"policy_chosen_logps must be finite; got 1 NaN or infinite value\(s\) of 4",
+    ),
+    (
+        "infinite log-probs",
+        lambda: aot_unpaired_loss(*replace(1, torch.tensor([0, -math.inf, 0, 0]))),
+        ValueError,
+        "policy_rejected_logps must be finite",
+    ),
+    (
+        "NaN samples",
+        lambda: ot_1d(torch.tensor([0.0, math.nan]), x4),
+        ValueError,
+        "u must be finite",
+    ),
+    (
+        "u and v leading shapes differ",
+        lambda: ot_1d(torch.randn(2, 3), torch.randn(3, 3)),
+        ValueError,
+        "u and v must have the same leading shape",
+    ),
+    (
+        "SLiC margin <= 0",
+        lambda: slic_loss(*ok, margin=0),
+        ValueError,
+        "margin must be a finite number > 0",
+    ),
+    (
+        "KTO weight <= 0",
+        lambda: kto_loss(*ok, desirable_weight=0.0),
+        ValueError,
+        "desirable_weight must be a finite number > 0",
+    ),
+    ("KTO kl not a scalar", lambda: kto_loss(*ok, kl=torch.ones(2)), ValueError, "kl must be 0-D"),
+    (
+        "unknown value-check mode",
+        lambda: aot_losses.set_value_checks("sometimes"),
+        ValueError,
+        "mode must be one of 'auto', 'always', 'never'; got 'sometimes'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_raises_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_value_checks_can_be_turned_off_then_nan_propagates():
+    nan_input = replace(0, torch.tensor([0, math.nan, 0, 0]))
+    aot_losses.set_value_checks("never")
+    try:
+        assert math.isnan(float(aot_paired_loss(*nan_input)))
+        # a negative weight is then not caught either: the caller asked for no value reads
+        aot_paired_loss(*ok, weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    finally:
+        aot_losses.set_value_checks("auto")
+    assert aot_losses.get_value_checks() == "auto"
+
+
+def test_metadata_checks_run_with_value_checks_off():
+    aot_losses.set_value_checks("never")
+    try:
+        with pytest.raises(ValueError, match="must be 1-D"):
+            aot_paired_loss(*replace(0, torch.randn(4, 2)))
+    finally:
+        aot_losses.set_value_checks("auto")
+
+
+def test_value_checks_skip_accelerator_tensors_in_auto_mode():
+    """'auto' reads values on CPU only; 'meta' stands in for a device whose reads would sync."""
+    meta = [t.to("meta") for t in ok]
+    out = aot_paired_loss(*meta, weights=torch.ones(4, device="meta"))
+    assert out.device.type == "meta"
