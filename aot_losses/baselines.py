@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ._validation import (
     Reduction,
+    check_finite,
     check_label_smoothing,
     check_logps,
     check_positive,
@@ -46,9 +47,11 @@ def preference_margins(
     }
     check_logps(tensors)
     check_same_length(tensors)
-    return (policy_chosen_logps - policy_rejected_logps) - (
+    margins = (policy_chosen_logps - policy_rejected_logps) - (
         reference_chosen_logps - reference_rejected_logps
     )
+    check_finite(margins, "margins", tensors)
+    return margins
 
 
 def dpo_loss(
@@ -188,6 +191,7 @@ def kto_loss(
     reduction = check_reduction(reduction)
     chosen = policy_chosen_logps - reference_chosen_logps
     rejected = policy_rejected_logps - reference_rejected_logps
+    check_finite(torch.cat((chosen, rejected)), "log-ratios", tensors)
     if kl is None:
         reference_point = torch.cat((chosen, rejected)).mean()
     elif isinstance(kl, Tensor):

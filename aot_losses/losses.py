@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
-from ._validation import Reduction, check_logps, check_same_length, check_weights
+from ._validation import (
+    Reduction,
+    check_finite,
+    check_logps,
+    check_same_length,
+    check_weights,
+)
 from .ot import SortKind, resolve_options, transport
 from .penalties import PenaltyLike
 
@@ -102,9 +108,13 @@ def aot_paired_loss(
         weights = check_weights(
             weights, "weights", policy_chosen_logps, "the log-probs", allow_zero_sum=distributed
         )
+    u = policy_chosen_logps - policy_rejected_logps
+    v = reference_chosen_logps - reference_rejected_logps
+    check_finite(u, "u", dict(list(tensors.items())[:2]))
+    check_finite(v, "v", dict(list(tensors.items())[2:]))
     return transport(
-        policy_chosen_logps - policy_rejected_logps,
-        reference_chosen_logps - reference_rejected_logps,
+        u,
+        v,
         h,
         weights,
         weights,
@@ -185,9 +195,15 @@ def aot_unpaired_loss(
     ):
         if w is not None:
             check_weights(w, name, like, "its log-probs", allow_zero_sum=distributed)
+    u = policy_chosen_logps - reference_chosen_logps
+    v = policy_rejected_logps - reference_rejected_logps
+    check_finite(u, "u", {k: tensors[k] for k in ("policy_chosen_logps", "reference_chosen_logps")})
+    check_finite(
+        v, "v", {k: tensors[k] for k in ("policy_rejected_logps", "reference_rejected_logps")}
+    )
     return transport(
-        policy_chosen_logps - reference_chosen_logps,
-        policy_rejected_logps - reference_rejected_logps,
+        u,
+        v,
         h,
         chosen_weights,
         rejected_weights,

@@ -237,6 +237,11 @@ def test_value_checks_can_be_turned_off_then_nan_propagates():
     assert aot_losses.get_value_checks() == "auto"
 
 
+def test_finite_values_whose_sum_overflows_are_not_rejected():
+    huge = torch.tensor([1e308, 1e308], dtype=torch.float64)  # the check's float64 sum is inf
+    assert math.isfinite(float(ot_1d(huge, huge, "least_squares")))
+
+
 def test_metadata_checks_run_with_value_checks_off():
     aot_losses.set_value_checks("never")
     try:

@@ -1,0 +1,116 @@
+"""AOT losses forward+backward against the work they cannot avoid: one ``torch.sort`` of the two
+stacked samples, forward+backward, in the same run.
+
+    python -m benchmarks.bench_losses [--sizes 64 4096 ...] [--min-run-time 1.0] [--no-docs]
+
+Writes ``benchmarks/results/losses_<device>.json`` and the table of ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from aot_losses import aot_paired_loss, aot_unpaired_loss
+from benchmarks.common import (
+    describe_machine,
+    environment,
+    format_time,
+    save_json,
+    time_it,
+    write_section,
+)
+
+SIZES = [64, 1024, 4096, 65536, 262144, 1048576]
+BASELINE = "torch.sort (2, n) fwd+bwd"
+
+
+def cases(n: int, device: str) -> dict[str, Callable[[], None]]:
+    """Forward+backward closures over fresh leaf tensors of batch size ``n``."""
+    gen = torch.Generator(device=device).manual_seed(n)
+
+    def logps(size: int, grad: bool) -> torch.Tensor:
+        x = -10 * torch.rand(size, generator=gen, device=device) - 1
+        return x.requires_grad_(grad)
+
+    pc, pr, rc, rr = logps(n, True), logps(n, True), logps(n, False), logps(n, False)
+    half_pr, half_rr = logps(n // 2 or 1, True), logps(n // 2 or 1, False)
+    weights = torch.rand(n, generator=gen, device=device)
+    stacked = torch.stack((pc.detach(), pr.detach())).requires_grad_()
+
+    def sort_baseline() -> None:
+        torch.sort(stacked, dim=-1).values.sum().backward()
+
+    def paired() -> None:
+        aot_paired_loss(pc, pr, rc, rr).backward()
+
+    def unpaired() -> None:
+        aot_unpaired_loss(pc, pr, rc, rr).backward()
+
+    def unpaired_unequal_weighted() -> None:
+        aot_unpaired_loss(pc, half_pr, rc, half_rr, chosen_weights=weights).backward()
+
+    return {
+        BASELINE: sort_baseline,
+        "aot_paired_loss": paired,
+        "aot_unpaired_loss": unpaired,
+        "aot_unpaired_loss n vs n/2, weighted": unpaired_unequal_weighted,
+    }
+
+
+def measure(sizes: list[int], device: str, min_run_time: float) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for n in tqdm(sizes, desc=f"losses on {device}"):
+        timings = {name: time_it(fn, device, min_run_time) for name, fn in cases(n, device).items()}
+        base = timings[BASELINE]["median_s"]
+        for name, t in timings.items():
+            rows.append({"n": n, "case": name, **t, "ratio_to_sort": t["median_s"] / base})
+    return rows
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    names = list(dict.fromkeys(str(r["case"]) for r in rows))
+    lines = ["| n | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for n in dict.fromkeys(r["n"] for r in rows):
+        cells = []
+        for r in (r for r in rows if r["n"] == n):
+            cell = f"{format_time(float(r['median_s']))} ± {format_time(float(r['iqr_s']))}"
+            if r["case"] != BASELINE:
+                cell += f" ({float(r['ratio_to_sort']):.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
+    parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    sections = []
+    for device in ["cpu", "cuda"]:
+        if device == "cuda" and not torch.cuda.is_available():
+            sections.append("### CUDA\n\nNot yet measured: no GPU was available for this run.")
+            continue
+        env = environment(device)
+        rows = measure(args.sizes, device, args.min_run_time)
+        save_json(f"losses_{device}", {"environment": env, "results": rows})
+        sections.append(f"### {describe_machine(env)}\n\n{table(rows)}")
+        print(sections[-1])
+    if not args.no_docs:
+        write_section(
+            "bench_losses",
+            "## Losses: forward+backward against one sort\n\n"
+            "`python -m benchmarks.bench_losses`. Median ± IQR of "
+            "`torch.utils.benchmark.Timer.blocked_autorange`; in parentheses the ratio to one "
+            "`torch.sort` of the two stacked samples (forward+backward), measured in the same "
+            "run. Goal: <= 1.2x at n >= 65536 on CPU.\n\n" + "\n\n".join(sections),
+        )
+
+
+if __name__ == "__main__":
+    main()
