@@ -31,6 +31,14 @@ from ._validation import (
     reduce,
 )
 
+__all__ = [
+    "dpo_loss",
+    "ipo_loss",
+    "kto_loss",
+    "preference_margins",
+    "slic_loss",
+]
+
 
 def preference_margins(
     policy_chosen_logps: Tensor,

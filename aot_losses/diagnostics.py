@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+__all__ = [
+    "almost_fsd_ratio",
+    "fsd_violation",
+    "ot_violation",
+    "plot_quantile_curves",
+    "quantile_curves",
+    "quantile_levels",
+    "quantiles",
+]
+
+
 def quantiles(x: Tensor, levels: Tensor, weights: Tensor | None = None) -> Tensor:
     """Q_x(t) = inf{y : F_x(y) >= t} at each level t in (0, 1].
 

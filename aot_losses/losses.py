@@ -9,6 +9,11 @@ Both are the 1-D OT cost :func:`aot_losses.ot_1d` between two samples of margins
 
 Minimizing OT_h(mu_u, mu_v) = integral_0^1 h(Q_u(t) - Q_v(t)) dt pushes the quantiles of u above
 those of v: first-order stochastic dominance of u over v. With the defaults (hard sort, logistic,
+__all__ = [
+    "aot_paired_loss",
+    "aot_unpaired_loss",
+]
+
 n = m, no weights) the loss is the paper's Appendix-B code and TRL's ``"aot"`` /
 ``"aot_unpaired"`` loss: the mean over sorted positions of
 -(1 - eps) log sigma(beta d_i) - eps log sigma(-beta d_i), d = sorted(u) - sorted(v).

@@ -21,6 +21,15 @@ from torch import Tensor, nn
 from .baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
 from .losses import aot_paired_loss, aot_unpaired_loss
 
+__all__ = [
+    "AOTPairedLoss",
+    "AOTUnpairedLoss",
+    "DPOLoss",
+    "IPOLoss",
+    "KTOLoss",
+    "SLiCLoss",
+]
+
 
 class _FunctionalLoss(nn.Module):
     """Holds keyword options of ``function``; ``forward(*tensors, **per_call)`` calls it."""

@@ -37,6 +37,11 @@ from .penalties import Penalty, PenaltyLike, get_penalty
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
+__all__ = [
+    "SortKind",
+    "ot_1d",
+]
+
 SortKind = Literal["hard", "soft"]
 
 

@@ -28,6 +28,18 @@ from torch import Tensor
 
 from ._validation import check_choice, check_label_smoothing, check_positive, describe
 
+__all__ = [
+    "PENALTIES",
+    "Penalty",
+    "PenaltyLike",
+    "PenaltyName",
+    "get_penalty",
+    "hinge",
+    "least_squares",
+    "logistic",
+    "squared_hinge",
+]
+
 PenaltyName = Literal["logistic", "squared_hinge", "hinge", "least_squares"]
 Penalty = Callable[[Tensor], Tensor]
 PenaltyLike = PenaltyName | Penalty
