@@ -64,3 +64,10 @@ def test_callable_passes_through():
         return x.abs()
 
     assert get_penalty(h) is h
+
+
+@pytest.mark.parametrize("name", list(PENALTIES))
+def test_gradcheck_float64(name):
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64).add_(0.01).requires_grad_()
+    h = get_penalty(name, beta=0.5, label_smoothing=0.1 if name == "logistic" else 0.0)
+    assert torch.autograd.gradcheck(h, (x,))
