@@ -17,8 +17,8 @@ rank ``r``, ``N = sum_r n_r``): forward, one ``all_gather`` of 12 int64 per rank
 dtype, whether a gradient is needed, leading shape), then one ``all_gather`` of
 ``max_r n_r`` elements per rank and leading index (the shares padded to the largest; the padding
 is sliced away); backward, one ``all_reduce`` (sum) of the ``N``-element global gradient per
-leading index (gloo has no reduce-scatter, so an all-reduce followed by a slice is what works on
-gloo and NCCL alike). Both are latency-bound for loss-sized tensors (one scalar per sample).
+leading index, then a slice (all-reduce works on every backend and PyTorch release, where gloo long
+lacked reduce-scatter). All are latency-bound for loss-sized tensors (one scalar per sample).
 
 Every call is a collective: all ranks of the group must call it the same number of times and in
 the same order, with the same dtype and leading shape; with gradient accumulation each micro-batch
@@ -69,12 +69,12 @@ def check_process_group(group: object, *, name: str = "process_group") -> dist.P
 
     Example:
         >>> import torch.distributed as dist
-        >>> if not dist.is_initialized():  # a single process, as here
-        ...     try:
-        ...         check_process_group(None)
-        ...     except RuntimeError as err:
-        ...         print(str(err).split(";")[0])
-        process_group was given but torch.distributed is not initialized
+        >>> dist.is_initialized()  # a single process, without init_process_group
+        False
+        >>> check_process_group(dist.group.WORLD)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        RuntimeError: process_group was given but torch.distributed is not initialized; ...
     """
     if not dist.is_available():
         raise RuntimeError(
@@ -142,6 +142,16 @@ def gather_concat(x: Tensor, group: dist.ProcessGroup | None, *, name: str) -> T
 
         Errors about the tensors are raised on every rank alike, after the metadata exchange,
         so that no rank is left waiting in a collective. Ranks are numbered within ``group``.
+
+    Example:
+        Not run here (it needs a process group). On 2 ranks holding ``x = tensor([1., 2.])``
+        and ``x = tensor([3.])``, both with ``requires_grad=True``::
+
+            g = gather_concat(x, torch.distributed.group.WORLD, name="x")
+            # g == tensor([1., 2., 3.]) on both ranks
+            g.sum().backward()
+            # x.grad == tensor([2., 2.]) on rank 0 and tensor([2.]) on rank 1: each rank's
+            # slice of the gradient, summed over the 2 ranks; DDP's average then gives 1 each
     """
     group = check_process_group(group)
     if not isinstance(x, Tensor):

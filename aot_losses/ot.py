@@ -195,23 +195,35 @@ def _gather(
     v_weights: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Concatenate every rank's samples (and weights) in rank order, differentiably."""
+    u, u_weights = _gather_side(group, u, u_weights, "u", "u_weights")
+    v, v_weights = _gather_side(group, v, v_weights, "v", "v_weights")
+    return u, v, u_weights, v_weights
+
+
+def _gather_side(
+    group: ProcessGroup, x: Tensor, weights: Tensor | None, name: str, weights_name: str
+) -> tuple[Tensor, Tensor | None]:
+    """One collective per side: the samples, stacked with their weights when given (so a rank
+    that passes weights while another does not is a shape disagreement, raised on every rank,
+    not a hang)."""
     from .distributed import gather_concat
 
-    u_global = gather_concat(u, group, name="u")
-    v_global = gather_concat(v, group, name="v")
-    for name, x in (("u", u_global), ("v", v_global)):
-        if x.shape[-1] == 0:
-            raise ValueError(f"{name} must not be empty on every rank of process_group")
-    weights = []
-    for name, w, x, x_global in (
-        ("u_weights", u_weights, u, u_global),
-        ("v_weights", v_weights, v, v_global),
-    ):
-        if w is not None:
-            w = gather_concat(w.expand_as(x).contiguous(), group, name=name)
-            w = check_weights(w, name, x_global, "the gathered samples")
-        weights.append(w)
-    return u_global, v_global, weights[0], weights[1]
+    try:
+        if weights is None:
+            x = gather_concat(x, group, name=name)
+        else:
+            dtype = torch.promote_types(x.dtype, weights.dtype)
+            stacked = torch.stack((x.to(dtype), weights.detach().to(dtype).expand_as(x)))
+            stacked = gather_concat(stacked, group, name=f"{name} stacked with {weights_name}")
+            x, weights = stacked[0].to(x.dtype), stacked[1]
+    except (TypeError, ValueError) as error:
+        note = f"{weights_name} must be given on every rank of process_group or on none"
+        raise type(error)(f"{error} ({note})") from error
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} must be non-empty on at least one rank of process_group")
+    if weights is not None:
+        weights = check_weights(weights, weights_name, x, "the gathered samples")
+    return x, weights
 
 
 def _ot_merged(

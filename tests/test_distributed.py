@@ -1,0 +1,662 @@
+"""Global-batch sorting across ranks: gloo process groups of 2 and 3 CPU processes.
+
+Each process group is spawned once per module (startup dominates the cost); every rank runs all
+the scenarios below and saves what it measured, and the tests compare the numbers in the parent.
+The oracle is the same loss computed in a single process on the concatenated batch: the loss must
+be equal on every rank, and the rank-averaged gradient of a shared parameter (what DDP and FSDP
+compute) must equal the single-process gradient, to 1e-9 relative in float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from aot_losses import aot_paired_loss, aot_unpaired_loss
+from aot_losses.distributed import check_process_group, gather_concat
+
+from .tolerances import assert_close
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
+
+F64 = torch.float64
+FEATURES = 3  # the shared parameter is a vector of this size (or an nn.Linear over it)
+BETA = 0.5  # large enough that the logistic penalty is far from linear on these margins
+HARD: dict[str, Any] = {"sort": "hard"}
+# The paper's strength 0.1 leaves these well-separated samples exactly hard-sorted; 1.0 does not.
+SOFT: dict[str, Any] = {"sort": "soft", "regularization_strength": 1.0}
+SPAWN_TIMEOUT_S = 240.0
+COLLECTIVE_TIMEOUT = timedelta(seconds=30)  # a desynchronized scenario fails instead of hanging
+
+# Local batch sizes per rank, with unequal and empty shares. Paired: number of pairs per rank.
+# Unpaired: (chosen per rank, rejected per rank); a rank may have chosen but no rejected samples.
+PAIRED_SIZES = {2: [[1, 7], [0, 5]], 3: [[3, 0, 5]]}
+UNPAIRED_SIZES = {2: [([0, 5], [4, 0]), ([3, 6], [2, 2])], 3: [([4, 0, 2], [1, 5, 0])]}
+DATA_PARALLEL_WORLD = 2  # the group size whose processes also build DDP and FSDP2 models
+GATHER_SIZES = {2: [[3, 1], [0, 4], [0, 0]], 3: [[2, 0, 3], [0, 0, 0]]}
+
+Result = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Data: every rank builds the same global batch from a seed and takes its slice of it.
+
+
+def _bounds(sizes: list[int], rank: int) -> slice:
+    return slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+
+
+def _samples(total: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Features of ``total`` responses (policy log-prob = features @ w) and reference log-probs."""
+    features = torch.randn(total, FEATURES, generator=gen, dtype=F64)
+    return features, 3 * torch.randn(total, generator=gen, dtype=F64)
+
+
+def _weights(total: int, gen: torch.Generator) -> Tensor:
+    w = torch.rand(total, generator=gen, dtype=F64) + 0.1
+    w[::4] = 0.0  # zero weights are allowed; a rank holding only sample 0 has all-zero weights
+    return w
+
+
+def _loss_and_grad(
+    loss_of: Callable[[Tensor], Tensor], w0: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The loss as a function of the shared parameter ``w``, and its gradient."""
+    w = w0.to(dtype, copy=True).requires_grad_()
+    loss = loss_of(w)
+    loss.backward()
+    assert w.grad is not None
+    return loss.detach(), w.grad
+
+
+def _rank_average(grad: Tensor) -> Tensor:
+    """What DDP/FSDP do with the local gradients: their mean over ranks."""
+    total = grad.to(F64, copy=True)
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+def _paired_check(
+    rank: int, sizes: list[int], *, weighted: bool, sort: dict[str, Any], dtype: torch.dtype
+) -> Result:
+    gen = torch.Generator().manual_seed(100 + sum(sizes))
+    total = sum(sizes)
+    feats_c, ref_c = _samples(total, gen)
+    feats_r, ref_r = _samples(total, gen)
+    weights = _weights(total, gen)
+    w0 = torch.randn(FEATURES, generator=gen, dtype=F64)
+
+    def loss_of(part: slice, group: dist.ProcessGroup | None) -> Callable[[Tensor], Tensor]:
+        def f(w: Tensor) -> Tensor:
+            return aot_paired_loss(
+                feats_c[part].to(dtype) @ w,
+                feats_r[part].to(dtype) @ w,
+                ref_c[part].to(dtype),
+                ref_r[part].to(dtype),
+                beta=BETA,
+                **sort,
+                weights=weights[part].to(dtype) if weighted else None,
+                process_group=group,
+            )
+
+        return f
+
+    loss, grad = _loss_and_grad(loss_of(_bounds(sizes, rank), dist.group.WORLD), w0, dtype)
+    ref_loss, ref_grad = _loss_and_grad(loss_of(slice(None), None), w0, dtype)
+    label = f"paired sizes={sizes} weighted={weighted} sort={sort} {dtype}"
+    return {
+        "label": label,
+        "loss": loss,
+        "grad": _rank_average(grad),
+        "ref_loss": ref_loss,
+        "ref_grad": ref_grad.to(F64),
+        "dtype": dtype,
+    }
+
+
+def _unpaired_check(
+    rank: int,
+    sizes: tuple[list[int], list[int]],
+    *,
+    weighted: bool,
+    sort: dict[str, Any],
+    dtype: torch.dtype,
+) -> Result:
+    chosen, rejected = sizes
+    gen = torch.Generator().manual_seed(200 + sum(chosen) + 7 * sum(rejected))
+    feats_c, ref_c = _samples(sum(chosen), gen)
+    feats_r, ref_r = _samples(sum(rejected), gen)
+    weights_c, weights_r = _weights(sum(chosen), gen), _weights(sum(rejected), gen)
+    w0 = torch.randn(FEATURES, generator=gen, dtype=F64)
+
+    def loss_of(
+        part_c: slice, part_r: slice, group: dist.ProcessGroup | None
+    ) -> Callable[[Tensor], Tensor]:
+        def f(w: Tensor) -> Tensor:
+            return aot_unpaired_loss(
+                feats_c[part_c].to(dtype) @ w,
+                feats_r[part_r].to(dtype) @ w,
+                ref_c[part_c].to(dtype),
+                ref_r[part_r].to(dtype),
+                beta=BETA,
+                **sort,
+                chosen_weights=weights_c[part_c].to(dtype) if weighted else None,
+                rejected_weights=weights_r[part_r].to(dtype) if weighted else None,
+                process_group=group,
+            )
+
+        return f
+
+    local = loss_of(_bounds(chosen, rank), _bounds(rejected, rank), dist.group.WORLD)
+    loss, grad = _loss_and_grad(local, w0, dtype)
+    ref_loss, ref_grad = _loss_and_grad(loss_of(slice(None), slice(None), None), w0, dtype)
+    label = f"unpaired chosen={chosen} rejected={rejected} weighted={weighted} sort={sort} {dtype}"
+    return {
+        "label": label,
+        "loss": loss,
+        "grad": _rank_average(grad),
+        "ref_loss": ref_loss,
+        "ref_grad": ref_grad.to(F64),
+        "dtype": dtype,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios: each runs on every rank of the group, returns what it measured.
+
+
+def scenario_gather(rank: int, world: int) -> list[Result]:
+    """gather_concat directly: exact values, rank order, leading dims, every dtype, and the
+    backward summing over ranks (each rank's loss weights the global tensor differently)."""
+    out = []
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        for sizes in GATHER_SIZES[world]:
+            total = sum(sizes)
+            glob = torch.arange(2 * total, dtype=dtype).reshape(2, total)
+            x = glob[:, _bounds(sizes, rank)].clone().requires_grad_()
+            gathered = gather_concat(x, dist.group.WORLD, name="x")
+            coeff = torch.arange(2 * total, dtype=dtype).reshape(2, total) * (rank + 1)
+            (gathered * coeff).sum().backward()
+            assert x.grad is not None
+            # sum over ranks k of coeff_k = arange * (1 + 2 + ... + world), on the own slice
+            expected = glob * (world * (world + 1) // 2)
+            with torch.no_grad():
+                no_grad = gather_concat(x, dist.group.WORLD, name="x")
+            out.append(
+                {
+                    "label": f"{dtype} sizes={sizes}",
+                    "gathered": gathered.detach(),
+                    "expected": glob,
+                    "grad": x.grad,
+                    "expected_grad": expected[:, _bounds(sizes, rank)],
+                    "no_grad_requires_grad": no_grad.requires_grad,
+                }
+            )
+    return out
+
+
+def scenario_paired(rank: int, world: int) -> list[Result]:
+    return [
+        _paired_check(rank, sizes, weighted=weighted, sort=HARD, dtype=F64)
+        for sizes in PAIRED_SIZES[world]
+        for weighted in (False, True)
+    ]
+
+
+def scenario_unpaired(rank: int, world: int) -> list[Result]:
+    return [
+        _unpaired_check(rank, sizes, weighted=weighted, sort=HARD, dtype=F64)
+        for sizes in UNPAIRED_SIZES[world]
+        for weighted in (False, True)
+    ]
+
+
+def scenario_soft_sort(rank: int, world: int) -> list[Result]:
+    """sort="soft": the soft sort runs on the gathered global batch. Each check also records the
+    hard-sort loss of the same batch, to show that the soft sort changed the result."""
+    out = []
+    for check, sizes in (
+        (_paired_check, PAIRED_SIZES[world][-1]),
+        (_unpaired_check, UNPAIRED_SIZES[world][0]),
+    ):
+        for weighted in (False, True):
+            soft = check(rank, sizes, weighted=weighted, sort=SOFT, dtype=F64)
+            hard = check(rank, sizes, weighted=weighted, sort=HARD, dtype=F64)
+            out.append({**soft, "hard_ref_loss": hard["ref_loss"]})
+    return out
+
+
+def scenario_low_precision(rank: int, world: int) -> list[Result]:
+    """float32 / bfloat16: the distributed loss against the single-process loss in that dtype."""
+    return [
+        check(rank, sizes, weighted=True, sort=HARD, dtype=dtype)
+        for dtype in (torch.float32, torch.bfloat16)
+        for check, sizes in (
+            (_paired_check, PAIRED_SIZES[world][0]),
+            (_unpaired_check, UNPAIRED_SIZES[world][0]),
+        )
+    ]
+
+
+def scenario_reductions(rank: int, world: int) -> list[Result]:
+    """reduction="none" / "sum" see the global quantile intervals on every rank."""
+    sizes = PAIRED_SIZES[world][0]
+    gen = torch.Generator().manual_seed(300)
+    u, v = torch.randn(2, sum(sizes), generator=gen, dtype=F64)
+    zeros = torch.zeros(sum(sizes), dtype=F64)
+    part = _bounds(sizes, rank)
+    out = []
+    for reduction in ("none", "sum"):
+        args = (u, zeros, v, zeros)
+        kwargs = {"beta": BETA, "reduction": reduction}
+        local = aot_paired_loss(*(a[part] for a in args), process_group=dist.group.WORLD, **kwargs)
+        out.append(
+            {"label": reduction, "loss": local, "ref_loss": aot_paired_loss(*args, **kwargs)}
+        )
+    return out
+
+
+def _linear_pair(gen: torch.Generator) -> tuple[nn.Linear, nn.Linear]:
+    """Two copies of an nn.Linear initialized from ``gen``, the same on every rank."""
+    model = nn.Linear(FEATURES, 1, dtype=F64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=F64))
+    reference = nn.Linear(FEATURES, 1, dtype=F64)
+    reference.load_state_dict(model.state_dict())
+    return model, reference
+
+
+def _data_parallel_check(rank: int, world: int, *, paired: bool, wrapper: str) -> Result:
+    """nn.Linear maps fixed features to the policy log-probs, wrapped in DDP or FSDP2; after
+    backward its gradient (averaged over ranks by the wrapper) is the single-process gradient."""
+    if paired:
+        chosen = rejected = PAIRED_SIZES[world][-1]
+    else:
+        chosen, rejected = UNPAIRED_SIZES[world][0]
+    gen = torch.Generator().manual_seed(400 + int(paired))
+    feats_c, ref_c = _samples(sum(chosen), gen)
+    feats_r, ref_r = _samples(sum(rejected), gen)
+    model, reference = _linear_pair(gen)
+    loss_fn = aot_paired_loss if paired else aot_unpaired_loss
+
+    def loss_of(
+        net: nn.Module, part_c: slice, part_r: slice, group: dist.ProcessGroup | None
+    ) -> Tensor:
+        # one forward over the chosen and the rejected responses, as DPO-style trainers do
+        logps = net(torch.cat((feats_c[part_c], feats_r[part_r]))).squeeze(-1)
+        n_c = feats_c[part_c].shape[0]
+        return loss_fn(
+            logps[:n_c], logps[n_c:], ref_c[part_c], ref_r[part_r], beta=BETA, process_group=group
+        )
+
+    if wrapper == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        net: nn.Module = DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        net = fully_shard(model)
+    loss = loss_of(net, _bounds(chosen, rank), _bounds(rejected, rank), dist.group.WORLD)
+    loss.backward()
+    ref_loss = loss_of(reference, slice(None), slice(None), None)
+    ref_loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    if wrapper == "fsdp":  # sharded DTensor gradients
+        grads = [g.full_tensor() for g in grads]
+    return {
+        "label": f"{wrapper} paired={paired} chosen={chosen} rejected={rejected}",
+        "loss": loss.detach(),
+        "ref_loss": ref_loss.detach(),
+        "grads": grads,
+        "ref_grads": [p.grad for p in reference.parameters()],
+    }
+
+
+def _ddp_no_sync_accumulation_check(rank: int, world: int) -> Result:
+    """Gradient accumulation under DDP: micro-batch 0 inside ``no_sync()`` (DDP skips its
+    all-reduce), micro-batch 1 outside; the gather's backward collective runs on both."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    gen = torch.Generator().manual_seed(600)
+    model, reference = _linear_pair(gen)
+    ddp = DistributedDataParallel(model)
+    micro_sizes = [PAIRED_SIZES[world][-1], list(reversed(PAIRED_SIZES[world][-1]))]
+    for step, sizes in enumerate(micro_sizes):
+        feats_c, ref_c = _samples(sum(sizes), gen)
+        feats_r, ref_r = _samples(sum(sizes), gen)
+        part = _bounds(sizes, rank)
+        with ddp.no_sync() if step == 0 else contextlib.nullcontext():
+            loss = aot_paired_loss(
+                ddp(feats_c[part]).squeeze(-1),
+                ddp(feats_r[part]).squeeze(-1),
+                ref_c[part],
+                ref_r[part],
+                beta=BETA,
+                process_group=dist.group.WORLD,
+            )
+            (loss / len(micro_sizes)).backward()
+        ref_loss = aot_paired_loss(
+            reference(feats_c).squeeze(-1), reference(feats_r).squeeze(-1), ref_c, ref_r, beta=BETA
+        )
+        (ref_loss / len(micro_sizes)).backward()
+    return {
+        "label": f"ddp no_sync accumulation over {micro_sizes}",
+        "loss": loss.detach(),
+        "ref_loss": ref_loss.detach(),
+        "grads": [p.grad for p in model.parameters()],
+        "ref_grads": [p.grad for p in reference.parameters()],
+    }
+
+
+def scenario_data_parallel(rank: int, world: int) -> list[Result]:
+    """Real DistributedDataParallel and FSDP2 (fully_shard) modules. Run in one group size only:
+    constructing either imports torch._dynamo (~8 s per process on a loaded 2-core machine)."""
+    if world != DATA_PARALLEL_WORLD:
+        return []
+    return [
+        *(
+            _data_parallel_check(rank, world, paired=paired, wrapper=wrapper)
+            for wrapper in ("ddp", "fsdp")
+            for paired in (True, False)
+        ),
+        _ddp_no_sync_accumulation_check(rank, world),
+    ]
+
+
+def scenario_accumulation(rank: int, world: int) -> list[Result]:
+    """Gradient accumulation: micro-batch k of every rank is sorted together, and the accumulated
+    rank-averaged gradient is the mean of the single-process gradients of the global micro-batches.
+    """
+    micro_sizes = PAIRED_SIZES[world]
+    gen = torch.Generator().manual_seed(500)
+    w = torch.randn(FEATURES, generator=gen, dtype=F64).requires_grad_()
+    ref_w = w.detach().clone().requires_grad_()
+    losses, ref_losses = [], []
+    for sizes in micro_sizes:
+        feats_c, ref_c = _samples(sum(sizes), gen)
+        feats_r, ref_r = _samples(sum(sizes), gen)
+        part = _bounds(sizes, rank)
+        loss = aot_paired_loss(
+            feats_c[part] @ w,
+            feats_r[part] @ w,
+            ref_c[part],
+            ref_r[part],
+            beta=BETA,
+            process_group=dist.group.WORLD,
+        )
+        (loss / len(micro_sizes)).backward()
+        ref_loss = aot_paired_loss(feats_c @ ref_w, feats_r @ ref_w, ref_c, ref_r, beta=BETA)
+        (ref_loss / len(micro_sizes)).backward()
+        losses.append(loss.detach())
+        ref_losses.append(ref_loss.detach())
+    assert w.grad is not None and ref_w.grad is not None
+    return [
+        {
+            "label": f"accumulation over {micro_sizes}",
+            "loss": torch.stack(losses),
+            "ref_loss": torch.stack(ref_losses),
+            "grad": _rank_average(w.grad),
+            "ref_grad": ref_w.grad,
+        }
+    ]
+
+
+def scenario_subgroup(rank: int, world: int) -> list[Result]:
+    """A new_group of ranks 0 and world-1; the rank outside it gets a ValueError."""
+    group = dist.new_group([0, world - 1])
+    x = torch.full((rank + 1,), float(rank), dtype=F64)
+    try:
+        return [{"gathered": gather_concat(x, group, name="x")}]
+    except ValueError as err:
+        return [{"error": str(err)}]
+
+
+def _capture(fn: Callable[[], object]) -> Result:
+    try:
+        fn()
+    except Exception as err:
+        return {"type": type(err).__name__, "message": str(err)}
+    return {"type": None, "message": ""}
+
+
+def scenario_errors(rank: int, world: int) -> list[Result]:
+    """Ranks that disagree: every rank raises the same error, and the group stays usable."""
+    world_group = dist.group.WORLD
+    x = torch.ones(2, 3)
+    cases: dict[str, Callable[[], object]] = {
+        "dtype": lambda: gather_concat(
+            x.to(torch.bfloat16 if rank == 1 else torch.float32), world_group, name="u"
+        ),
+        "leading_shape": lambda: gather_concat(
+            torch.ones(2 + (rank == 1), 3), world_group, name="u"
+        ),
+        "requires_grad": lambda: gather_concat(
+            x.clone().requires_grad_(rank != 1), world_group, name="u"
+        ),
+        "unsupported_dtype": lambda: gather_concat(
+            x.to(torch.int64 if rank == 1 else torch.float32), world_group, name="u"
+        ),
+        "loss_dtype": lambda: aot_paired_loss(
+            *(torch.zeros(3, dtype=torch.bfloat16 if rank == 1 else torch.float32),) * 4,
+            process_group=world_group,
+        ),
+        "not_a_group": lambda: check_process_group("WORLD"),
+        "weights_on_some_ranks": lambda: aot_unpaired_loss(
+            *(torch.zeros(3),) * 4,
+            chosen_weights=torch.ones(3) if rank == 0 else None,
+            process_group=world_group,
+        ),
+    }
+    out = [{"case": case, **_capture(fn)} for case, fn in cases.items()]
+    after = gather_concat(torch.full((1,), float(rank)), world_group, name="after")
+    out.append({"case": "after", "type": None, "message": str(after.tolist())})
+    return out
+
+
+SCENARIOS: dict[str, Callable[[int, int], list[Result]]] = {
+    name.removeprefix("scenario_"): fn
+    for name, fn in globals().items()
+    if name.startswith("scenario_")
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Process management.
+
+
+def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    results: dict[str, Any] = {}
+    try:
+        for name, scenario in SCENARIOS.items():
+            try:
+                results[name] = scenario(rank, world)
+            except Exception:
+                results[name] = traceback.format_exc()
+    finally:
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()
+
+
+def _spawn(world: int, tmp: Path) -> list[dict[str, Any]]:
+    """Run every scenario on a fresh gloo group of ``world`` processes; one result dict per rank."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(rank, world, str(tmp / "store"), str(tmp)), daemon=True)
+        for rank in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
+    for rank in hung:
+        procs[rank].kill()
+        procs[rank].join()
+    if hung:
+        pytest.fail(f"ranks {hung} of {world} did not finish within {SPAWN_TIMEOUT_S} s")
+    failed = [(rank, p.exitcode) for rank, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        pytest.fail(f"worker processes exited with (rank, exit code) {failed}")
+    return [torch.load(tmp / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
+def group_results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    world: int = request.param
+    return world, _spawn(world, tmp_path_factory.mktemp(f"world{world}"))
+
+
+def _scenario(group_results: tuple[int, list[dict[str, Any]]], name: str) -> list[list[Result]]:
+    """The named scenario's results, one list per rank; fails with a rank's traceback."""
+    _, ranks = group_results
+    for rank, results in enumerate(ranks):
+        if isinstance(results[name], str):
+            pytest.fail(f"scenario {name!r} raised on rank {rank}:\n{results[name]}")
+    return [results[name] for results in ranks]
+
+
+def _assert_loss_and_grad_match(per_rank: list[list[Result]]) -> None:
+    for checks in per_rank:
+        for c in checks:
+            msg = c["label"]
+            assert c["loss"].dtype == c.get("dtype", F64), msg
+            assert_close(c["loss"], c["ref_loss"], c.get("dtype", F64))
+            assert_close(c["grad"], c["ref_grad"], c.get("dtype", F64))
+    # every rank got bit-identical losses
+    for checks in per_rank[1:]:
+        for c, c0 in zip(checks, per_rank[0], strict=True):
+            assert torch.equal(c["loss"], c0["loss"]), c["label"]
+
+
+# --------------------------------------------------------------------------------------------
+# Tests.
+
+
+@pytest.mark.multiprocess
+def test_gather_concat_values_and_gradient(group_results):
+    for checks in _scenario(group_results, "gather"):
+        for c in checks:
+            assert torch.equal(c["gathered"], c["expected"]), c["label"]
+            assert c["gathered"].dtype == c["expected"].dtype, c["label"]
+            assert torch.equal(c["grad"], c["expected_grad"]), c["label"]
+            assert not c["no_grad_requires_grad"], c["label"]
+
+
+@pytest.mark.multiprocess
+def test_paired_loss_matches_single_process(group_results):
+    _assert_loss_and_grad_match(_scenario(group_results, "paired"))
+
+
+@pytest.mark.multiprocess
+def test_unpaired_loss_matches_single_process(group_results):
+    _assert_loss_and_grad_match(_scenario(group_results, "unpaired"))
+
+
+@pytest.mark.multiprocess
+def test_soft_sort_matches_single_process(group_results):
+    per_rank = _scenario(group_results, "soft_sort")
+    _assert_loss_and_grad_match(per_rank)
+    for c in per_rank[0]:
+        assert abs(float(c["ref_loss"] - c["hard_ref_loss"])) > 1e-3, c["label"]
+
+
+@pytest.mark.multiprocess
+def test_low_precision_matches_single_process(group_results):
+    _assert_loss_and_grad_match(_scenario(group_results, "low_precision"))
+
+
+@pytest.mark.multiprocess
+def test_reductions_see_the_global_batch(group_results):
+    for checks in _scenario(group_results, "reductions"):
+        for c in checks:
+            assert c["loss"].shape == c["ref_loss"].shape, c["label"]
+            assert_close(c["loss"], c["ref_loss"])
+
+
+@pytest.mark.multiprocess
+def test_ddp_and_fsdp_gradients_match_single_process(group_results):
+    if group_results[0] != DATA_PARALLEL_WORLD:
+        pytest.skip(f"DDP and FSDP run in the {DATA_PARALLEL_WORLD}-rank group only")
+    per_rank = _scenario(group_results, "data_parallel")
+    assert [c["label"].split()[0] for c in per_rank[0]] == ["ddp", "ddp", "fsdp", "fsdp", "ddp"]
+    for checks in per_rank:
+        for c in checks:
+            assert_close(c["loss"], c["ref_loss"])
+            for grad, ref_grad in zip(c["grads"], c["ref_grads"], strict=True):
+                assert_close(grad, ref_grad)
+
+
+@pytest.mark.multiprocess
+def test_gradient_accumulation(group_results):
+    _assert_loss_and_grad_match(_scenario(group_results, "accumulation"))
+
+
+@pytest.mark.multiprocess
+def test_new_group_and_non_member(group_results):
+    world, _ = group_results
+    per_rank = _scenario(group_results, "subgroup")
+    expected = [0.0] + [float(world - 1)] * world
+    for rank in (0, world - 1):
+        assert per_rank[rank][0]["gathered"].tolist() == expected
+    for rank in range(1, world - 1):
+        assert "not among the group's ranks" in per_rank[rank][0]["error"]
+
+
+@pytest.mark.multiprocess
+def test_rank_disagreement_raises_on_every_rank(group_results):
+    world, _ = group_results
+    per_rank = _scenario(group_results, "errors")
+    expected = {
+        "dtype": ("TypeError", "u has dtype float32 on rank 0 but bfloat16 on rank 1"),
+        "leading_shape": ("ValueError", "got (2,) on rank 0 but (3,) on rank 1"),
+        "requires_grad": ("RuntimeError", "must require a gradient on every rank or on none"),
+        "unsupported_dtype": ("TypeError", "got int64 on rank 1"),
+        "loss_dtype": ("TypeError", "has dtype float32 on rank 0 but bfloat16 on rank 1"),
+        "not_a_group": ("TypeError", "process_group must be a torch.distributed.ProcessGroup"),
+        "weights_on_some_ranks": (
+            "ValueError",
+            "u_weights must be given on every rank of process_group or on none",
+        ),
+        "after": (None, str([float(r) for r in range(world)])),
+    }
+    for results in per_rank:
+        assert [r["case"] for r in results] == list(expected)
+        for r in results:
+            kind, fragment = expected[r["case"]]
+            assert r["type"] == kind, r
+            assert fragment in r["message"], r
+
+
+def test_not_initialized_raises_before_any_communication():
+    assert not dist.is_initialized()
+    x = torch.zeros(3)
+    with pytest.raises(RuntimeError, match=r"torch\.distributed is not initialized"):
+        gather_concat(x, None, name="u")
+    with pytest.raises(
+        RuntimeError, match=r"process_group was given but torch\.distributed is not"
+    ):
+        aot_paired_loss(x, x, x, x, process_group=object())  # type: ignore[arg-type]
