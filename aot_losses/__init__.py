@@ -17,6 +17,7 @@ from .losses import aot_paired_loss, aot_unpaired_loss
 from .nn import AOTPairedLoss, AOTUnpairedLoss
 from .ot import ot_1d
 from .penalties import get_penalty
+from .sorting import hard_sort, soft_rank, soft_sort
 
 __version__ = "0.1.0.dev0"
 
@@ -30,7 +31,10 @@ __all__ = [
     "diagnostics",
     "get_penalty",
     "get_value_checks",
+    "hard_sort",
     "ot_1d",
     "penalties",
     "set_value_checks",
+    "soft_rank",
+    "soft_sort",
 ]

@@ -33,6 +33,7 @@ from ._validation import (
     reduce,
 )
 from .penalties import Penalty, PenaltyLike, get_penalty
+from .sorting import soft_sort
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -172,8 +173,6 @@ def transport(
     def sort_values(x: Tensor) -> Tensor:
         if sort == "hard":
             return torch.sort(x, dim=-1).values
-        from .sorting import soft_sort  # TODO(lead): top-level once sorting lands
-
         return soft_sort(
             x,
             regularization=regularization,

@@ -70,17 +70,18 @@ def save_json(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def write_section(key: str, markdown: str) -> None:
-    """Replace the block between ``<!-- key:begin -->`` and ``<!-- key:end -->`` in
-    docs/benchmarks.md (appending it if absent); other sections are left as they are."""
+def write_section(key: str, markdown: str, path: Path = DOCS, title: str = "Benchmarks") -> None:
+    """Replace the block between ``<!-- key:begin -->`` and ``<!-- key:end -->`` in ``path``
+    (docs/benchmarks.md by default; the block is appended if absent, the file created with
+    ``title`` if missing); the rest of the file is left as it is."""
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else f"# {title}\n"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
+    path.write_text(text)
 
 
 def format_time(seconds: float) -> str:

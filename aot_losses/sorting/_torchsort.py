@@ -1,0 +1,44 @@
+"""Adapter to torchsort (https://github.com/teddykoker/torchsort), an optional C++/CUDA backend.
+
+torchsort takes 2-D input (it sorts the last dimension), sorts ascending only, has no bfloat16
+kernel and loops forever on float16 input from about n = 2100; the callers reshape, negate and
+check dtypes so that it is only given what it handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _import_torchsort() -> Any:
+    try:
+        import torchsort
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "backend='torchsort' needs the optional torchsort package; install it with "
+            "`pip install aot-losses[torchsort]` or use backend='torch'"
+        ) from err
+    return torchsort
+
+
+def torchsort_soft(x: Tensor, strength: float, regularization: str, *, rank: bool) -> Tensor:
+    """torchsort's ascending ``soft_sort`` (or ``soft_rank``) of the rows of a 2-D ``x``.
+
+    Raises:
+        ImportError: torchsort is not installed.
+        TypeError: ``x`` is float16 or bfloat16 (torchsort has no bfloat16 kernel and hangs on
+            float16 from about n = 2100).
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"backend='torchsort' supports float32 and float64 only; got {x.dtype} (torchsort "
+            "has no bfloat16 kernel and loops forever on float16 from n = 2100); cast to "
+            "float32 or use backend='torch'"
+        )
+    torchsort = _import_torchsort()
+    fn = torchsort.soft_rank if rank else torchsort.soft_sort
+    out: Tensor = fn(x, regularization=regularization, regularization_strength=strength)
+    return out

@@ -1,0 +1,1 @@
+"""Shared pieces of ``examples/align.py``: data, models, reports, the embedded task."""

@@ -1,0 +1,123 @@
+"""Metrics over preference log-probs, the quantile figure, and plain-text tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from aot_losses import diagnostics
+
+
+@dataclass
+class PreferenceLogps:
+    """Sequence log-probs of chosen and rejected completions under the policy and the
+    reference; for paired data, chosen ``i`` and rejected ``i`` share a prompt."""
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    reference_chosen: Tensor
+    reference_rejected: Tensor
+    paired: bool
+
+    @property
+    def rewards(self) -> tuple[Tensor, Tensor]:
+        """Implicit rewards log pi(y|x) - log pi_ref(y|x) (TRL reports beta times these)."""
+        return (
+            self.policy_chosen - self.reference_chosen,
+            self.policy_rejected - self.reference_rejected,
+        )
+
+
+def _float(x: Tensor) -> float | None:
+    value = x.item()
+    return None if math.isnan(value) else value  # JSON has no NaN
+
+
+def preference_metrics(logps: PreferenceLogps) -> dict[str, float | None]:
+    """Means of implicit rewards and log-likelihoods, and FSD diagnostics.
+
+    ``fsd/violation`` and ``fsd/almost_ratio`` compare the implicit rewards of chosen and
+    rejected completions (0 when chosen dominates; at the start, where every reward is 0, the
+    ratio is undefined: ``None``). For paired data, ``rewards/accuracy`` is the share of pairs
+    whose chosen reward is higher and ``fsd/margin_violation`` compares the policy's margins
+    log pi(y+|x) - log pi(y-|x) with the reference's (what paired AOT pushes up).
+    """
+    chosen, rejected = logps.rewards
+    out = {
+        "rewards/chosen": _float(chosen.mean()),
+        "rewards/rejected": _float(rejected.mean()),
+        "rewards/margin": _float(chosen.mean() - rejected.mean()),
+        "logps/chosen": _float(logps.policy_chosen.mean()),
+        "logps/rejected": _float(logps.policy_rejected.mean()),
+        "fsd/violation": _float(diagnostics.fsd_violation(chosen, rejected)),
+        "fsd/almost_ratio": _float(diagnostics.almost_fsd_ratio(chosen, rejected)),
+    }
+    if logps.paired:
+        out["rewards/accuracy"] = _float((chosen > rejected).double().mean())
+        out["fsd/margin_violation"] = _float(
+            diagnostics.fsd_violation(
+                logps.policy_chosen - logps.policy_rejected,
+                logps.reference_chosen - logps.reference_rejected,
+            )
+        )
+    return out
+
+
+def quantile_figure(logps: PreferenceLogps, path: str | Path) -> None:
+    """Save the paper's Figure 1 for held-out preference data: quantile curves of chosen vs
+    rejected log-likelihoods under the reference and under the aligned policy, of the aligned
+    policy's implicit rewards, and (paired data) of the margins log pi(y+|x) - log pi(y-|x)
+    under the aligned policy vs the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen, rejected = logps.rewards
+    panels: list[tuple[Tensor, Tensor, str, tuple[str, str] | None]] = [
+        (
+            logps.reference_chosen,
+            logps.reference_rejected,
+            r"reference: $\log\pi_{ref}(y|x)$",
+            None,
+        ),
+        (logps.policy_chosen, logps.policy_rejected, r"aligned: $\log\pi(y|x)$", None),
+        (chosen, rejected, r"aligned: implicit reward $\log\pi/\pi_{ref}$", None),
+    ]
+    if logps.paired:
+        panels.append(
+            (
+                logps.policy_chosen - logps.policy_rejected,
+                logps.reference_chosen - logps.reference_rejected,
+                r"margin $\log\pi(y^+|x) - \log\pi(y^-|x)$",
+                ("aligned", "reference"),
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (u, v, title, labels) in zip(axes[0], panels, strict=True):
+        diagnostics.plot_quantile_curves(
+            u.double(), v.double(), ax=ax, title=title, labels=labels or ("chosen", "rejected")
+        )
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A fixed-width text table; floats with 4 significant digits, ``None`` as ``-``."""
+
+    def cell(x: object) -> str:
+        if x is None:
+            return "-"
+        return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+    cells = [list(header), *[[cell(x) for x in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

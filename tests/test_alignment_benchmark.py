@@ -1,0 +1,58 @@
+"""A micro configuration of benchmarks/alignment.py: the same code path as the full grid
+(shared SFT reference, single- and 2-process arms, records, tables and plots), in seconds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("accelerate")
+pytest.importorskip("matplotlib")
+
+from benchmarks import alignment
+
+from .test_examples import MICRO_TOY
+
+MICRO_BASE = {
+    "per_device_batch_size": 8,
+    "eval_batch_size": 16,
+    "max_steps": 3,
+    "eval_every": 3,
+    "warmup_steps": 1,
+    "lora_r": 4,
+    "lora_alpha": 8,
+}
+
+
+@pytest.mark.multiprocess
+def test_micro_grid_records_every_metric_and_reports(tmp_path: Path) -> None:
+    arms = [
+        alignment.Arm("methods", "aot_paired (hard)", {"loss": "aot_paired"}),
+        alignment.Arm("methods", "dpo", {"loss": "dpo"}),
+        alignment.Arm(
+            "batch size", "2 ranks x 4, global sort", {"per_device_batch_size": 4}, processes=2
+        ),
+    ]
+    runs = alignment.run_grid(arms, [0], tmp_path / "work", MICRO_TOY, MICRO_BASE)
+    assert [(r["label"], r["method"], r["seed"]) for r in runs] == [
+        ("aot_paired (hard)", "aot_paired", 0),
+        ("dpo", "dpo", 0),
+        ("2 ranks x 4, global sort", "aot_paired", 0),
+    ]
+    for r in runs:
+        for key in ("reward_mean", "win_rate", "kl", "fsd_violation"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
+        assert 0 <= r["win_rate"] <= 1 and 0 <= r["fsd_violation"] <= 1
+        assert r["config"]["steps"] == 3
+    # every run started from the same reference model
+    assert len({r["reference_reward_mean"] for r in runs}) == 1
+
+    payload = {"command": "test", "machine": "test", "wall_s": 1.0, "runs": runs}
+    alignment.report(payload, "alignment_micro", docs=tmp_path)
+    text = (tmp_path / "alignment.md").read_text()
+    assert "| aot_paired (hard) | 1 |" in text and "### batch size" in text
+    assert (tmp_path / "img" / "alignment_micro_methods.png").stat().st_size > 0

@@ -1,0 +1,639 @@
+"""Tests of aot_losses.sorting: hard_sort, soft_sort, soft_rank and their backends.
+
+The pure-PyTorch backend is checked against an independent pure-Python PAV written from
+torchsort's conventions, against torchsort itself (float64, values and gradients), and for every
+soft-sort invariant listed in DESIGN.md. Both stages of its solver are exercised: the parallel
+PAV passes (default) and the divide-and-conquer hull merge (forced by ``_stage("hull")``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aot_losses import _validation
+from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
+
+from .tolerances import TOLERANCES, assert_close
+
+STAGES = ("passes", "hull")
+REGS = ("l2", "kl")
+SoftFn = Callable[..., torch.Tensor]
+
+
+@contextlib.contextmanager
+def _stage(stage: str) -> Iterator[None]:
+    """Run the torch backend with its default solver or with the hull merge only."""
+    saved = _isotonic._MAX_MERGE_PASSES
+    _isotonic._MAX_MERGE_PASSES = 0 if stage == "hull" else saved
+    try:
+        yield
+    finally:
+        _isotonic._MAX_MERGE_PASSES = saved
+
+
+@pytest.fixture
+def value_checks() -> Iterator[None]:
+    """Restore the value-check mode after a test that changes it."""
+    yield
+    _validation.set_value_checks("auto")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Large cases run on one torch thread: on a shared machine, threads that wait for each
+    other's cores make them up to 20 times slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _reference(x: list[float], s: float, reg: str, rank: bool) -> list[float]:
+    """torchsort's soft sort / soft rank of a 1-D list, by a sequential stack PAV in Python."""
+    n = len(x)
+    a = sorted(x)
+
+    def lse(v: list[float]) -> float:
+        top = max(v)
+        return top + math.log(sum(math.exp(t - top) for t in v))
+
+    def g(length: int) -> float:
+        return math.log(-math.expm1(-length / s))
+
+    def value(lo: int, hi: int) -> float:  # fitted value of positions [lo, hi), decreasing
+        seg = a[lo:hi]
+        if reg == "l2":
+            mean = sum(seg) / len(seg)
+            return mean - (lo + hi) / (2 * s) if not rank else (lo + hi) / 2 - mean / s
+        if not rank:
+            return -lse([-t for t in seg]) - lo / s + g(hi - lo)
+        return math.log((hi - lo) * (lo + hi + 1)) - lse([t / s for t in seg])
+
+    stack: list[tuple[int, int]] = []
+    for i in range(n):
+        stack.append((i, i + 1))
+        while len(stack) > 1 and value(*stack[-1]) >= value(*stack[-2]):
+            (_, hi), (lo, _) = stack.pop(), stack.pop()
+            stack.append((lo, hi))
+    out = [0.0] * n
+    for lo, hi in stack:
+        seg, size = a[lo:hi], hi - lo
+        for i in range(lo, hi):
+            if reg == "l2" and not rank:
+                out[i] = sum(seg) / size + (i - (lo + hi - 1) / 2) / s
+            elif reg == "l2":
+                out[i] = (lo + hi - 1) / 2 + 1 + (a[i] - sum(seg) / size) / s
+            elif not rank:
+                out[i] = -lse([-t for t in seg]) + (i - lo) / s + g(size) - g(1)
+            else:
+                out[i] = math.exp(a[i] / s - lse([t / s for t in seg])) * size * (lo + hi + 1) / 2
+    if not rank:
+        return out
+    rank_of = {}  # tied values always share a block, hence a rank
+    for i, v in enumerate(a):
+        rank_of[v] = out[i]
+    return [rank_of[v] for v in x]
+
+
+def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    if kind == "ties":
+        return torch.randint(-3, 4, shape, generator=g).double()
+    # heavy tails: the case that needs many PAV passes
+    u = torch.rand(shape, generator=g, dtype=torch.float64)
+    return torch.tan(math.pi * (u - 0.5)).clamp(-20, 20)
+
+
+def _soft(rank: bool) -> SoftFn:
+    return soft_rank if rank else soft_sort
+
+
+# --------------------------------------------------------------------------- oracles
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+@pytest.mark.parametrize("data", ["random", "ties", "heavy"])
+def test_matches_reference_pav(stage: str, reg: str, rank: bool, data: str) -> None:
+    for n, s in [(1, 1.0), (2, 0.3), (5, 1.0), (33, 0.3), (33, 4.0)]:
+        x = _inputs(data, (3, n), seed=n)
+        with _stage(stage):
+            out = _soft(rank)(x, regularization=reg, regularization_strength=s)
+        expected = [_reference(row.tolist(), s, reg, rank) for row in x]
+        assert_close(out, torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+@pytest.mark.parametrize("data", ["random", "ties", "heavy"])
+def test_matches_torchsort_float64(stage: str, reg: str, rank: bool, data: str) -> None:
+    torchsort = pytest.importorskip("torchsort")
+    reference = torchsort.soft_rank if rank else torchsort.soft_sort
+    for n, s in [(1, 1.0), (7, 1.0), (300, 0.1), (300, 1.0), (300, 10.0)]:
+        x = _inputs(data, (4, n), seed=n + int(s * 10))
+        mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        with _stage(stage):
+            out = _soft(rank)(mine, regularization=reg, regularization_strength=s)
+        expected = reference(theirs, regularization=reg, regularization_strength=s)
+        upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(n), dtype=x.dtype)
+        (out * upstream).sum().backward()
+        (expected * upstream).sum().backward()
+        torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- invariants
+
+_rows = st.lists(
+    st.floats(-100, 100, allow_nan=False, allow_subnormal=False), min_size=1, max_size=40
+)
+_strengths = st.floats(0.01, 100)
+_stages = st.sampled_from(STAGES)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_rows, _strengths, _stages)
+def test_l2_sort_monotone_sum_majorization(row: list[float], s: float, stage: str) -> None:
+    x = torch.tensor(row, dtype=torch.float64)
+    with _stage(stage):
+        out = soft_sort(x, regularization_strength=s)
+    hard = torch.sort(x).values
+    tol = 1e-9 * (1 + x.abs().max().item()) * len(row)
+    assert bool((out[1:] - out[:-1] >= -tol).all())
+    assert abs(out.sum().item() - x.sum().item()) <= tol
+    gap = out.cumsum(0) - hard.cumsum(0)
+    assert bool((gap >= -tol).all())
+    assert abs(gap[-1].item()) <= tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(_rows, _strengths, _stages)
+def test_l2_sort_is_hard_sort_iff_strength_below_inverse_largest_gap(
+    row: list[float], s: float, stage: str
+) -> None:
+    x = torch.tensor(row, dtype=torch.float64)
+    hard = torch.sort(x).values
+    largest_gap = (hard[1:] - hard[:-1]).max().item() if len(row) > 1 else 0.0
+    with _stage(stage):
+        out = soft_sort(x, regularization_strength=s)
+    if s * largest_gap <= 1 - 1e-9:
+        torch.testing.assert_close(out, hard, rtol=0, atol=1e-9 * (1 + x.abs().max().item()))
+    elif s * largest_gap > 1 + 1e-6:
+        assert not torch.equal(out, hard)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_rows.filter(lambda r: len(set(r)) > 1), _stages)
+def test_l2_sort_closed_form_for_large_strength(row: list[float], stage: str) -> None:
+    x = torch.tensor(row, dtype=torch.float64)
+    n, a = len(row), torch.sort(x).values
+    k = torch.arange(1, n, dtype=torch.float64)
+    # full pooling iff every prefix of the closed form dominates the sorted prefix sums
+    slack = k * x.mean() - a.cumsum(0)[:-1]
+    s = 2 * float((k * (n - k) / (2 * slack.clamp_min(1e-300))).max())
+    with _stage(stage):
+        out = soft_sort(x, regularization_strength=s)
+    expected = x.mean() + (torch.arange(1, n + 1, dtype=torch.float64) - (n + 1) / 2) / s
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9 * (1 + x.abs().max().item()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    _rows,
+    _strengths,
+    st.floats(-50, 50),
+    st.floats(0.1, 10),
+    st.sampled_from(REGS),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+    _stages,
+)
+def test_shift_scale_and_permutation(
+    row: list[float],
+    s: float,
+    c: float,
+    scale: float,
+    reg: str,
+    rank: bool,
+    rnd: random.Random,
+    stage: str,
+) -> None:
+    """Permutation invariance (sort) or equivariance (rank); ``ss(x + c) = ss(x) + c`` and
+    shift-invariant ranks (l2 and kl); ``ss(a x, s / a) = a ss(x, s)`` and
+    ``rank(a x, a s) = rank(x, s)`` (l2)."""
+    x = torch.tensor(row, dtype=torch.float64)
+    if reg == "kl":
+        x = x / 10  # keep exp(x / s) in range
+    fn = _soft(rank)
+    perm = list(range(len(row)))
+    rnd.shuffle(perm)
+    with _stage(stage):
+        out = fn(x, regularization=reg, regularization_strength=s)
+        shuffled = fn(x[perm], regularization=reg, regularization_strength=s)
+        shifted = fn(x + c, regularization=reg, regularization_strength=s)
+        scaled = fn(scale * x, regularization_strength=s * scale if rank else s / scale)
+        plain = fn(x, regularization_strength=s)
+    atol = 1e-9 * (1 + abs(c) + scale) * (1 + x.abs().max().item() + len(row) / s) * len(row)
+    close = {"rtol": 1e-9, "atol": atol}
+    torch.testing.assert_close(shuffled, out[perm] if rank else out, **close)
+    torch.testing.assert_close(shifted, out if rank else out + c, **close)
+    torch.testing.assert_close(scaled, plain if rank else scale * plain, **close)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_rows.filter(lambda r: len(r) <= 12), _strengths, _stages)
+def test_l2_sort_jacobian_is_block_averaging_times_permutation(
+    row: list[float], s: float, stage: str
+) -> None:
+    x = torch.tensor(row, dtype=torch.float64)
+    with _stage(stage):
+        jac = torch.autograd.functional.jacobian(
+            lambda t: soft_sort(t, regularization_strength=s), x
+        )
+    ones = torch.ones(len(row), dtype=torch.float64)
+    torch.testing.assert_close(jac @ ones, ones)  # rows sum to 1
+    torch.testing.assert_close(ones @ jac, ones)  # columns sum to 1
+    perm = torch.sort(-x, descending=True).indices  # the sorting permutation, as used
+    blocks = jac[:, perm]  # = block-averaging matrix: block diagonal with entries 1 / |B|
+    nonzero = blocks > 0
+    sizes = nonzero.sum(1, keepdim=True).double()
+    torch.testing.assert_close(blocks, nonzero / sizes)
+    assert bool((nonzero == nonzero.T).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(_rows, _strengths, st.sampled_from(REGS), _stages)
+def test_rank_properties(row: list[float], s: float, reg: str, stage: str) -> None:
+    """Ranks sum to n (n + 1) / 2, preserve the order, and are the hard ranks when the
+    strength is far below the smallest gap."""
+    x = torch.tensor(row, dtype=torch.float64)
+    if reg == "kl":
+        x = x / 10
+    n = len(row)
+    order = torch.argsort(x)
+    gaps = x[order][1:] - x[order][:-1]
+    with _stage(stage):
+        r = soft_rank(x, regularization=reg, regularization_strength=s)
+        if n == 1 or gaps.min() > 0:
+            fine = 1e-3 * (gaps.min().item() if n > 1 else 1.0)
+            hard = soft_rank(x, regularization=reg, regularization_strength=fine)
+            expected = torch.empty(n, dtype=torch.float64)
+            expected[order] = torch.arange(1, n + 1, dtype=torch.float64)
+            torch.testing.assert_close(hard, expected)
+    assert abs(r.sum().item() - n * (n + 1) / 2) <= 1e-9 * n * n
+    assert bool((r[order][1:] - r[order][:-1] >= -1e-9 * n).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(_rows, _strengths, _stages)
+def test_kl_sort_is_monotone(row: list[float], s: float, stage: str) -> None:
+    x = torch.tensor(row, dtype=torch.float64) / 10
+    with _stage(stage):
+        out = soft_sort(x, regularization="kl", regularization_strength=s)
+    assert bool((out[1:] - out[:-1] >= -1e-9).all())
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+def test_gradcheck(stage: str, reg: str, rank: bool) -> None:
+    x = _inputs("random", (2, 7), seed=3).requires_grad_()
+    for s in (0.3, 1.0, 5.0):
+        with _stage(stage):
+            assert torch.autograd.gradcheck(
+                lambda t, s=s: _soft(rank)(t, regularization=reg, regularization_strength=s), (x,)
+            )
+
+
+def test_hard_sort_values_and_gradient() -> None:
+    x = torch.tensor([[3.0, 1.0, 2.0], [0.0, -1.0, 5.0]], requires_grad=True)
+    out = hard_sort(x, descending=True)
+    torch.testing.assert_close(out, torch.tensor([[3.0, 2.0, 1.0], [5.0, 0.0, -1.0]]))
+    (out * torch.tensor([1.0, 10.0, 100.0])).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[1.0, 100.0, 10.0], [10.0, 100.0, 1.0]]))
+    torch.testing.assert_close(hard_sort(x.detach().T, dim=0), torch.sort(x.detach().T, 0).values)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("n", [65536, pytest.param(1 << 20, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("rank", [False, True])
+def test_float32_matches_float64_at_large_n(one_thread: None, n: int, rank: bool) -> None:
+    """Gaps around 1/s give blocks of every size; torchsort's float32 error is 3e-2 at n=65536
+    and 0.5 at 1M here (DESIGN.md). The float64 reference is fed the float32-rounded input, so
+    only the algorithm's error is measured."""
+    s, g = 0.1, torch.Generator().manual_seed(n)
+    x = (torch.empty(n, dtype=torch.float64).exponential_(generator=g) / s).cumsum(0)
+    x = x[torch.randperm(n, generator=g)].float()
+    for reg in REGS:
+        xr = x if reg == "l2" else x * (s / 30)  # kl: keep exp(x / s) in range
+        out = _soft(rank)(xr, regularization=reg, regularization_strength=s)
+        ref = _soft(rank)(xr.double(), regularization=reg, regularization_strength=s)
+        assert out.dtype == torch.float32
+        scale = n if rank else 1 + xr.abs().max().item()
+        assert (out.double() - ref).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("data", ["heavy", "outlier"])
+def test_hull_merge_at_scale_is_bounded_and_accurate(one_thread: None, data: str) -> None:
+    """Inputs that need ~sqrt(n) PAV passes go to the bounded hull merge (~0.3 s here)."""
+    n = 65536
+    if data == "outlier":
+        x = torch.zeros(1, n)
+        x[0, 7] = 1e6
+    else:
+        x = _inputs("heavy", (1, n), seed=1).float()
+    with _stage("passes"):
+        start = time.perf_counter()
+        out = soft_sort(x, regularization_strength=0.1)
+        elapsed = time.perf_counter() - start
+    ref = soft_sort(x.double(), regularization_strength=0.1)
+    assert elapsed < 120
+    assert (out.double() - ref).abs().max().item() <= 1e-5 * (1 + x.abs().max().item())
+    with _stage("hull"):
+        torch.testing.assert_close(soft_sort(x.double(), regularization_strength=0.1), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+def test_half_precision_n3000(dtype: torch.dtype, reg: str, rank: bool) -> None:
+    """torchsort loops forever on float16 at n = 3000; the torch backend computes in float32."""
+    x = _inputs("random", (2, 3000), seed=5).to(dtype).requires_grad_()
+    out = _soft(rank)(x, regularization=reg, regularization_strength=1.0)
+    assert out.dtype == dtype and out.shape == x.shape
+    ref = _soft(rank)(x.detach().float(), regularization=reg, regularization_strength=1.0)
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(out.float(), ref, rtol=tol["rtol"], atol=tol["atol"] * 3000)
+    if not rank:
+        assert bool((out[:, 1:] >= out[:, :-1]).all())
+    out.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == dtype
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_dim_descending_and_leading_shapes(reg: str) -> None:
+    x = _inputs("random", (3, 4, 6), seed=11) / 4
+    for rank in (False, True):
+        fn = _soft(rank)
+        out = fn(x, regularization=reg, dim=1)
+        manual = fn(x.movedim(1, -1).reshape(-1, 4), regularization=reg)
+        torch.testing.assert_close(out, manual.reshape(3, 6, 4).movedim(-1, 1))
+        torch.testing.assert_close(fn(x[0, 0], regularization=reg), fn(x, regularization=reg)[0, 0])
+        torch.testing.assert_close(
+            fn(x.transpose(0, 2), regularization=reg, dim=0),  # non-contiguous input
+            fn(x, regularization=reg).transpose(0, 2),
+        )
+    desc = soft_sort(x, regularization=reg, descending=True)
+    torch.testing.assert_close(desc, -soft_sort(-x, regularization=reg))
+    assert bool((desc[..., 1:] <= desc[..., :-1]).all())
+    if reg == "l2":  # for l2 the descending soft sort is the ascending one reversed
+        torch.testing.assert_close(desc, soft_sort(x).flip(-1))
+    ranks = soft_rank(x, regularization=reg, descending=True)
+    torch.testing.assert_close(ranks, soft_rank(-x, regularization=reg))
+
+
+def test_device_and_dtype_preserved() -> None:
+    x = torch.randn(2, 5, dtype=torch.float32)
+    for fn in (soft_sort, soft_rank, hard_sort):
+        out = fn(x)
+        assert out.dtype == x.dtype and out.device == x.device and out.shape == x.shape
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+def test_torch_compile_fullgraph(reg: str, rank: bool) -> None:
+    """The solver is a ``torch.library`` custom op, so the graph has no break. ``aot_eager``
+    traces with dynamo and AOTAutograd (the fake and autograd registrations) without needing
+    a C++ compiler."""
+    torch._dynamo.reset()
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        out = _soft(rank)(t * 2, regularization=reg, regularization_strength=0.5, dim=0)
+        return (out * torch.arange(out.shape[0], dtype=out.dtype)[:, None]).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    x = _inputs("heavy", (40, 3), seed=2) / 8
+    eager_x, compiled_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss(eager_x).backward()
+    value = compiled(compiled_x)
+    value.backward()
+    torch.testing.assert_close(value, loss(x))
+    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
+
+
+@pytest.mark.parametrize("rank", [False, True])
+def test_vmap_and_func_grad(rank: bool) -> None:
+    fn = _soft(rank)
+    x = _inputs("heavy", (5, 9), seed=4)
+    torch.testing.assert_close(
+        torch.vmap(lambda r: fn(r, regularization_strength=2.0))(x),
+        fn(x, regularization_strength=2.0),
+    )
+    weights = torch.linspace(-1, 1, 9, dtype=x.dtype)
+
+    def scalar(r: torch.Tensor) -> torch.Tensor:
+        return (fn(r, regularization_strength=2.0) * weights).sum()
+
+    per_row = torch.vmap(torch.func.grad(scalar))(x)
+    rows = x.clone().requires_grad_()
+    (fn(rows, regularization_strength=2.0) * weights).sum().backward()
+    torch.testing.assert_close(per_row, rows.grad)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda x: soft_sort(x, regularization_strength=0.0),
+            ValueError,
+            "regularization_strength",
+        ),
+        (
+            lambda x: soft_sort(x, regularization_strength=-1.0),
+            ValueError,
+            "regularization_strength",
+        ),
+        (
+            lambda x: soft_sort(x, regularization_strength=math.nan),
+            ValueError,
+            "regularization_strength",
+        ),
+        (
+            lambda x: soft_rank(x, regularization_strength=math.inf),
+            ValueError,
+            "regularization_strength",
+        ),
+        (lambda x: soft_sort(x, regularization_strength="1"), TypeError, "regularization_strength"),
+        (lambda x: soft_sort(x, regularization="l1"), ValueError, "regularization must be one of"),
+        (lambda x: soft_rank(x, regularization="entropic"), ValueError, "regularization"),
+        (lambda x: soft_sort(x, backend="cuda"), ValueError, "backend must be one of"),
+        (lambda x: soft_rank(x, backend="sinkhorn"), ValueError, "backend must be one of"),
+        (lambda x: soft_sort(x.long()), TypeError, "floating-point"),
+        (lambda x: soft_rank(x.bool()), TypeError, "floating-point"),
+        (lambda x: soft_sort(x.tolist()), TypeError, "torch.Tensor"),
+        (lambda x: soft_sort(x[0, 0]), ValueError, "at least 1 dimension"),
+        (lambda x: soft_sort(x[:, :0]), ValueError, "must not be empty"),
+        (lambda x: soft_sort(x, dim=2), ValueError, "dim must be in"),
+        (lambda x: soft_rank(x, dim=-3), ValueError, "dim must be in"),
+        (lambda x: soft_sort(x, dim=1.0), TypeError, "dim must be an int"),
+        (lambda x: hard_sort(x, dim=5), ValueError, "dim must be in"),
+        (lambda x: soft_sort(x, descending=1), TypeError, "descending must be a bool"),
+        (
+            lambda x: soft_sort(x, epsilon=0.1),
+            TypeError,
+            "options are accepted by backend='sinkhorn'",
+        ),
+        (lambda x: soft_sort(x, backend="sinkhorn", eps=0.1), TypeError, "unexpected option"),
+        (
+            lambda x: soft_sort(x, backend="sinkhorn", regularization="kl"),
+            ValueError,
+            "regularization='l2' only",
+        ),
+        (lambda x: soft_sort(x, backend="sinkhorn", epsilon=0.0), ValueError, "epsilon"),
+        (lambda x: soft_sort(x, backend="sinkhorn", max_iter=0), ValueError, "max_iter"),
+        (lambda x: soft_sort(x, backend="sinkhorn", tol=-1.0), ValueError, "tol"),
+        (
+            lambda x: soft_sort(x, backend="sinkhorn", targets="uniform"),
+            ValueError,
+            "targets must be one of",
+        ),
+        (lambda x: soft_sort(x.half(), backend="torchsort"), TypeError, "float32 and float64 only"),
+        (
+            lambda x: soft_rank(x.bfloat16(), backend="torchsort"),
+            TypeError,
+            "float32 and float64 only",
+        ),
+    ],
+)
+def test_bad_arguments(call: Callable[[torch.Tensor], object], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        call(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("fn", [soft_sort, soft_rank])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_input_raises_when_checked(fn: SoftFn, bad: float) -> None:
+    x = torch.randn(2, 5)
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match="x must be finite"):
+        fn(x)
+
+
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+def test_non_finite_rows_give_nan_rows_when_unchecked(
+    value_checks: None, reg: str, rank: bool
+) -> None:
+    _validation.set_value_checks("never")
+    x = _inputs("random", (3, 6), seed=9)
+    x[1, 2], x[2, 0] = math.nan, math.inf
+    x.requires_grad_()
+    out = _soft(rank)(x, regularization=reg)
+    assert bool(out[1:].isnan().all())
+    torch.testing.assert_close(out[0], _soft(rank)(x[0].detach(), regularization=reg))
+    out[0].sum().backward()
+    assert bool(x.grad[0].isfinite().all())
+
+
+def test_torchsort_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchsort", None)
+    with pytest.raises(ImportError, match=r"pip install aot-losses\[torchsort\]"):
+        soft_sort(torch.randn(2, 4), backend="torchsort")
+
+
+# --------------------------------------------------------------------------- torchsort backend
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_torchsort_backend_matches_torch_backend(reg: str) -> None:
+    pytest.importorskip("torchsort")
+    x = _inputs("random", (2, 50, 3), seed=8) / 4
+    for rank in (False, True):
+        for descending in (False, True):
+            kwargs = {"regularization": reg, "dim": 1, "descending": descending}
+            torch.testing.assert_close(
+                _soft(rank)(x, backend="torchsort", **kwargs), _soft(rank)(x, **kwargs)
+            )
+
+
+# --------------------------------------------------------------------------- sinkhorn
+
+
+def _sinkhorn(x: torch.Tensor, **options: object) -> torch.Tensor:
+    return soft_sort(x, backend="sinkhorn", **options)
+
+
+@pytest.mark.parametrize("targets", ["sorted", "grid"])
+def test_sinkhorn_tends_to_hard_sort(targets: str) -> None:
+    x = torch.tensor([[0.3, -1.2, 2.0, 0.9, -0.4, 1.5]], dtype=torch.float64)
+    hard = torch.sort(x).values
+    errors = [
+        (_sinkhorn(x, epsilon=eps, max_iter=20000, tol=1e-9, targets=targets) - hard).abs().max()
+        for eps in (1.0, 1e-1, 1e-2, 1e-3)
+    ]
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors))
+    assert errors[-1] < 1e-2
+
+
+@pytest.mark.parametrize("targets", ["sorted", "grid"])
+def test_sinkhorn_permutation_invariance_and_mass(targets: str) -> None:
+    x = _inputs("random", (3, 12), seed=6)
+    out = _sinkhorn(x, epsilon=0.5, tol=1e-10, targets=targets)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_sinkhorn(x[:, perm], epsilon=0.5, tol=1e-10, targets=targets), out)
+    torch.testing.assert_close(out.sum(-1), x.sum(-1))  # barycenters keep the total mass
+    assert bool((out[:, 1:] >= out[:, :-1]).all())
+
+
+@pytest.mark.parametrize("targets", ["sorted", "grid"])
+def test_sinkhorn_gradcheck(targets: str) -> None:
+    x = _inputs("random", (2, 5), seed=7).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: _sinkhorn(t, epsilon=1.0, max_iter=100000, tol=1e-13, targets=targets), (x,)
+    )
+
+
+def test_sinkhorn_layout_dtype_and_defaults() -> None:
+    x = torch.randn(4, 7, 2)
+    out = _sinkhorn(x, dim=1)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, _sinkhorn(x.transpose(1, 2)).transpose(1, 2))
+    # the default epsilon is regularization_strength
+    torch.testing.assert_close(
+        soft_sort(x, backend="sinkhorn", regularization_strength=0.3, dim=1),
+        _sinkhorn(x, epsilon=0.3, dim=1),
+    )
+    torch.testing.assert_close(_sinkhorn(x, descending=True, dim=1), -_sinkhorn(-x, dim=1))
+    one = torch.tensor([[2.5]])
+    torch.testing.assert_close(_sinkhorn(one), one)
+    half = _sinkhorn(x.bfloat16(), dim=1)
+    assert half.dtype == torch.bfloat16
