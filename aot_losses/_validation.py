@@ -47,6 +47,8 @@ def get_value_checks() -> ValueChecks:
 def _values_checked(x: Tensor) -> bool:
     if _value_checks == "never" or torch.compiler.is_compiling():
         return False
+    if torch._C._are_functorch_transforms_active():  # vmap/grad: values are not concrete
+        return False
     return _value_checks == "always" or x.device.type == "cpu"
 
 

@@ -62,6 +62,11 @@ def grid(quick: bool) -> list[Arm]:
     methods = [
         Arm("methods", "aot_paired (hard)", {"loss": "aot_paired"}),
         Arm("methods", "aot_paired (soft)", {"loss": "aot_paired", "sort": "soft"}),
+        Arm(
+            "methods",
+            "aot_paired (soft, s=10)",
+            {"loss": "aot_paired", "sort": "soft", "regularization_strength": 10.0},
+        ),
         Arm("methods", "aot_unpaired (hard)", {"loss": "aot_unpaired"}),
         Arm("methods", "aot_unpaired (soft)", {"loss": "aot_unpaired", "sort": "soft"}),
         Arm("methods", "dpo", {"loss": "dpo"}),

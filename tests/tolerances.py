@@ -17,8 +17,10 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 def assert_close(actual: Any, expected: Any, dtype: torch.dtype | None = None) -> None:
     """``torch.testing.assert_close`` with the table's tolerance for ``dtype`` (default: the
     dtype of ``actual``); numbers and arrays are compared as float64 tensors."""
-    actual_t = torch.as_tensor(actual)
-    expected_t = torch.as_tensor(expected)
+    actual_t = torch.as_tensor(actual, dtype=None if torch.is_tensor(actual) else torch.float64)
+    expected_t = torch.as_tensor(
+        expected, dtype=None if torch.is_tensor(expected) else torch.float64
+    )
     dtype = dtype or actual_t.dtype
     torch.testing.assert_close(
         actual_t.double(), expected_t.double().to(actual_t.device), **TOLERANCES[dtype]

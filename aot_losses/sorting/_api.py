@@ -52,8 +52,7 @@ def _check_soft(
     check_choice(backend, "backend", backends)
     check_choice(regularization, "regularization", get_args(Regularization))
     s = check_positive(strength, "regularization_strength")
-    if not torch._C._are_functorch_transforms_active():  # a value check cannot run under vmap
-        check_finite(x, "x")
+    check_finite(x, "x")
     return x, dim, s
 
 
