@@ -131,23 +131,37 @@ def check_same_dtype(tensors: dict[str, Tensor]) -> None:
             )
 
 
-def check_logps(tensors: dict[str, Tensor], *, allow_empty: bool = False) -> None:
-    """Check per-sequence log-prob tensors: 1-D, floating, one device, one dtype."""
+def check_logps(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor,
+    reference_rejected_logps: Tensor,
+    *,
+    paired: bool,
+    allow_empty: bool = False,
+) -> dict[str, Tensor]:
+    """Check the four per-sequence log-prob tensors: 1-D, floating, one device, one dtype; all of
+    one length when ``paired``, else policy and reference of each side of one length. Returns
+    them by argument name."""
+    tensors = {
+        "policy_chosen_logps": policy_chosen_logps,
+        "policy_rejected_logps": policy_rejected_logps,
+        "reference_chosen_logps": reference_chosen_logps,
+        "reference_rejected_logps": reference_rejected_logps,
+    }
     for name, t in tensors.items():
         check_tensor(t, name, ndim=1, allow_empty=allow_empty)
     check_same_device(tensors)
     check_same_dtype(tensors)
-
-
-def check_same_length(tensors: dict[str, Tensor]) -> None:
-    """Raise ``ValueError`` unless the 1-D tensors all have the first one's length."""
-    (first_name, first), *rest = tensors.items()
-    for name, t in rest:
-        if t.shape != first.shape:
-            raise ValueError(
-                f"{name} must have the same length as {first_name} ({first.shape[0]}); "
-                f"got {t.shape[0]}"
-            )
+    groups = [list(tensors)] if paired else [list(tensors)[0::2], list(tensors)[1::2]]
+    for first_name, *rest in groups:
+        for name in rest:
+            if tensors[name].shape != tensors[first_name].shape:
+                raise ValueError(
+                    f"{name} must have the same length as {first_name} "
+                    f"({tensors[first_name].shape[0]}); got {tensors[name].shape[0]}"
+                )
+    return tensors
 
 
 def check_finite(x: Tensor, name: str, parts: dict[str, Tensor] | None = None) -> None:

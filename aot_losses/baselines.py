@@ -26,7 +26,6 @@ from ._validation import (
     check_logps,
     check_positive,
     check_reduction,
-    check_same_length,
     check_tensor,
     reduce,
 )
@@ -47,14 +46,13 @@ def preference_margins(
     reference_rejected_logps: Tensor,
 ) -> Tensor:
     """Checked paired margins m = (pc - pr) - (rc - rr), shape ``(B,)``."""
-    tensors = {
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-        "reference_chosen_logps": reference_chosen_logps,
-        "reference_rejected_logps": reference_rejected_logps,
-    }
-    check_logps(tensors)
-    check_same_length(tensors)
+    tensors = check_logps(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        paired=True,
+    )
     margins = (policy_chosen_logps - policy_rejected_logps) - (
         reference_chosen_logps - reference_rejected_logps
     )
@@ -182,16 +180,12 @@ def kto_loss(
         >>> kto_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(3))
         tensor(0.5000)
     """
-    tensors = {
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-        "reference_chosen_logps": reference_chosen_logps,
-        "reference_rejected_logps": reference_rejected_logps,
-    }
-    check_logps(tensors)
-    check_same_length({k: tensors[k] for k in ("policy_chosen_logps", "reference_chosen_logps")})
-    check_same_length(
-        {k: tensors[k] for k in ("policy_rejected_logps", "reference_rejected_logps")}
+    tensors = check_logps(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        paired=False,
     )
     beta = check_positive(beta, "beta")
     desirable_weight = check_positive(desirable_weight, "desirable_weight")

@@ -29,7 +29,6 @@ from ._validation import (
     Reduction,
     check_finite,
     check_logps,
-    check_same_length,
     check_weights,
 )
 from .ot import SortKind, resolve_options, transport
@@ -99,16 +98,16 @@ def aot_paired_loss(
         >>> aot_paired_loss(pc, pr, rc, rr, beta=1.0)
         tensor(0.4100)
     """
-    tensors = {
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-        "reference_chosen_logps": reference_chosen_logps,
-        "reference_rejected_logps": reference_rejected_logps,
-    }
     h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
     distributed = process_group is not None
-    check_logps(tensors, allow_empty=distributed)
-    check_same_length(tensors)
+    tensors = check_logps(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        paired=True,
+        allow_empty=distributed,
+    )
     if weights is not None:
         weights = check_weights(
             weights, "weights", policy_chosen_logps, "the log-probs", allow_zero_sum=distributed
@@ -181,18 +180,15 @@ def aot_unpaired_loss(
         >>> aot_unpaired_loss(pc, pr, rc, rr, beta=1.0, penalty="hinge")
         tensor(0.5000)
     """
-    tensors = {
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-        "reference_chosen_logps": reference_chosen_logps,
-        "reference_rejected_logps": reference_rejected_logps,
-    }
     h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
     distributed = process_group is not None
-    check_logps(tensors, allow_empty=distributed)
-    check_same_length({k: tensors[k] for k in ("policy_chosen_logps", "reference_chosen_logps")})
-    check_same_length(
-        {k: tensors[k] for k in ("policy_rejected_logps", "reference_rejected_logps")}
+    tensors = check_logps(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        paired=False,
+        allow_empty=distributed,
     )
     for name, w, like in (
         ("chosen_weights", chosen_weights, policy_chosen_logps),
