@@ -1,7 +1,7 @@
 """AOT against DPO, IPO and KTO on the examples' embedded task (exact reward), with the paper's
 ablations: batch size (and global-batch sorting on 2 gloo ranks), beta, penalty, hard vs soft sort.
 
-    python -m benchmarks.alignment            # the full grid (3 seeds)
+    python -m benchmarks.alignment            # the full grid (3 seeds), 2 runs at a time
     python -m benchmarks.alignment --quick    # the method comparison, 1 seed, fewer steps
     python -m benchmarks.alignment --report   # tables and plots from the saved results only
 
@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ from aot_examples import toy
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_STEPS = 60
+#: The beta sweep, for every method (the paper's Figure 3 sweeps AOT's).
+BETAS = (0.03, 0.1, 0.3, 1.0, 4.0, 10.0)
 DOCS = ROOT / "docs"
 
 
@@ -71,6 +75,9 @@ def grid(quick: bool) -> list[Arm]:
         Arm("methods", "aot_unpaired (soft)", {"loss": "aot_unpaired", "sort": "soft"}),
         Arm("methods", "dpo", {"loss": "dpo"}),
         Arm("methods", "ipo", {"loss": "ipo"}),
+        # IPO's (m - 1 / (2 beta))^2 at beta = 1 / 8 is aot_paired's least squares (4 - d)^2
+        # with d = u - v unsorted: this arm isolates what the sorting does
+        Arm("methods", "ipo (beta 0.125: aot_paired unsorted)", {"loss": "ipo", "beta": 0.125}),
         Arm("methods", "kto", {"loss": "kto"}),
     ]
     if quick:
@@ -81,7 +88,14 @@ def grid(quick: bool) -> list[Arm]:
                                                         "global_sort": False}, processes=2),
         Arm("batch size", "2 ranks x 16, global sort", {"per_device_batch_size": 16}, processes=2),
     ]  # fmt: skip
-    beta = [Arm("beta", f"{b}", {"beta": b}) for b in (0.01, 0.1, 0.5, 2.0)]
+    # AOT's penalty is least squares unless named; "aot_paired, logistic" unsorted is DPO
+    series = [(method, {"loss": method}) for method in align.LOSSES]
+    series.insert(1, ("aot_paired, logistic", {"loss": "aot_paired", "penalty": "logistic"}))
+    beta = [
+        Arm("beta", f"{name}, beta {b:g}", {**overrides, "beta": b})
+        for name, overrides in series
+        for b in BETAS
+    ]
     penalty = [
         Arm("penalty", p, {"penalty": p}) for p in ("logistic", "squared_hinge", "least_squares")
     ]
@@ -118,7 +132,9 @@ def worker(payload: str) -> None:
 
 
 def record(arm: Arm, seed: int, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
-    held_out = summary.get("eval_policy", {})
+    """One run's results; the dominance diagnostics are those of the held-out pairs, which
+    every method (paired or unpaired) is evaluated on."""
+    pairs = summary["held_out_pairs"]
     return {
         "group": arm.group,
         "label": arm.label,
@@ -130,42 +146,78 @@ def record(arm: Arm, seed: int, summary: dict[str, Any], seconds: float) -> dict
         "reference_reward_mean": summary["reference_reward_mean"],
         "win_rate": summary["win_rate_mean"],
         "kl": summary["kl_policy_reference_mean"],
-        "fsd_violation": held_out.get("fsd/violation"),
-        "almost_fsd_ratio": held_out.get("fsd/almost_ratio"),
-        "reward_margin": held_out.get("rewards/margin"),
+        "fsd_violation": pairs["fsd/violation"],
+        "almost_fsd_ratio": pairs["fsd/almost_ratio"],
+        "reward_margin": pairs["rewards/margin"],
+        "pair_accuracy": pairs["rewards/accuracy"],
+        "quantile_margins": {
+            k.removeprefix("quantile_margin/"): v
+            for k, v in pairs.items()
+            if k.startswith("quantile_margin/")
+        },
         "wall_s": seconds,
         "config": {
             **arm.overrides,
+            "beta": summary["config"]["beta"],
             "processes": arm.processes,
             "steps": summary.get("steps"),
         },
     }
 
 
+def execute(arm: Arm, seed: int, work: Path, toy_config: toy.ToyConfig,
+            base: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """One run of the grid, timed; its record."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # the embedded model is tiny: more threads only contend
+    start = time.perf_counter()
+    summary = launch(config(arm, seed, work, toy_config, base), arm.processes)
+    return record(arm, seed, summary, time.perf_counter() - start)
+
+
 def run_grid(arms: list[Arm], seeds: list[int], work: Path, toy_config: toy.ToyConfig,
-             base: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
-    """Run every arm with every seed; one record per run."""
+             base: dict[str, Any], jobs: int = 1) -> list[dict[str, Any]]:  # fmt: skip
+    """Run every arm with every seed, ``jobs`` runs at a time (each on one thread; a run's
+    result does not depend on what runs beside it); one record per run, in grid order."""
     toy.prepare(toy_config, work / "toy")  # the SFT reference, shared by every run
-    runs = []
-    for arm, seed in tqdm([(a, s) for a in arms for s in seeds], desc="alignment runs"):
-        start = time.perf_counter()
-        summary = launch(config(arm, seed, work, toy_config, base), arm.processes)
-        runs.append(record(arm, seed, summary, time.perf_counter() - start))
-    return runs
+    tasks = [(arm, seed, work, toy_config, base) for arm in arms for seed in seeds]
+    progress = tqdm(total=len(tasks), desc="alignment runs")
+    if jobs == 1:
+        runs = []
+        for task in tasks:
+            runs.append(execute(*task))
+            progress.update()
+        return runs
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(execute, *task) for task in tasks]
+        for _ in as_completed(futures):
+            progress.update()
+    return [f.result() for f in futures]
 
 
 METRICS = [("reward_mean", "reward"), ("win_rate", "win rate"), ("kl", "KL"),
-           ("fsd_violation", "FSD violation")]  # fmt: skip
+           ("fsd_violation", "FSD violation"), ("quantile_margins.q10", "q10 margin"),
+           ("quantile_margins.q50", "median margin")]  # fmt: skip
+
+
+def metric_value(run: dict[str, Any], metric: str) -> Any:
+    """``run[metric]``, where a dotted name reaches into nested records."""
+    for part in metric.split("."):
+        run = run[part]
+    return run
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds for each (group, label)."""
+    """Mean and standard deviation over seeds for each (group, label), with the arm's method
+    and beta."""
     rows = []
     for key in dict.fromkeys((r["group"], r["label"]) for r in runs):
         same = [r for r in runs if (r["group"], r["label"]) == key]
-        row: dict[str, Any] = {"group": key[0], "label": key[1], "seeds": len(same)}
+        row: dict[str, Any] = {"group": key[0], "label": key[1], "seeds": len(same),
+                               "method": same[0]["method"],
+                               "beta": same[0]["config"]["beta"]}  # fmt: skip
         for metric, _ in METRICS:
-            values = [r[metric] for r in same if r[metric] is not None]
+            values = [v for r in same if (v := metric_value(r, metric)) is not None]
             mean = sum(values) / len(values) if values else float("nan")
             var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0
             row[metric] = (mean, var**0.5)
@@ -174,15 +226,26 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| arm | seeds | " + " | ".join(name for _, name in METRICS) + " |",
-             "|---|---:|" + "---:|" * len(METRICS)]  # fmt: skip
+    lines = ["| arm | beta | seeds | " + " | ".join(name for _, name in METRICS) + " |",
+             "|---|---:|---:|" + "---:|" * len(METRICS)]  # fmt: skip
     for row in rows:
         cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m, _ in METRICS]
-        lines.append(f"| {row['label']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        head = f"| {row['label']} | {row['beta']:g} | {row['seeds']} | "
+        lines.append(head + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def sweep_series(row: dict[str, Any]) -> str:
+    """The line of the beta plot a row belongs to: its label without the beta."""
+    return str(row["label"]).rsplit(", beta", 1)[0]
+
+
+PLOTTED = (("reward_mean", "held-out reward"), ("fsd_violation", "FSD violation (held-out pairs)"))
+
+
 def plot(rows: list[dict[str, Any]], group: str, path: Path) -> None:
+    """Bars (mean ± std over seeds) of the group's arms; for the beta sweep, one line per
+    method against beta (the paper's Figure 3)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,13 +253,22 @@ def plot(rows: list[dict[str, Any]], group: str, path: Path) -> None:
 
     chosen = [r for r in rows if r["group"] == group]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, metric, name in ((axes[0], "reward_mean", "held-out reward"),
-                             (axes[1], "fsd_violation", "FSD violation (held-out)")):  # fmt: skip
+    for ax, (metric, name) in zip(axes, PLOTTED, strict=True):
+        ax.set_title(f"{group}: {name}")
+        if group == "beta":
+            for name in dict.fromkeys(sweep_series(r) for r in chosen):
+                line = [r for r in chosen if sweep_series(r) == name]
+                ax.errorbar([r["beta"] for r in line], [r[metric][0] for r in line],
+                            yerr=[r[metric][1] for r in line], marker="o", capsize=3,
+                            label=name)  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("beta")
+            ax.legend(fontsize=7)
+            continue
         means = [r[metric][0] for r in chosen]
         stds = [r[metric][1] for r in chosen]
         ax.bar(range(len(chosen)), means, yerr=stds, capsize=3, color="tab:blue")
         ax.set_xticks(range(len(chosen)), [r["label"] for r in chosen], rotation=30, ha="right")
-        ax.set_title(f"{group}: {name}")
         if metric == "reward_mean" and chosen:
             pad = 2 * max([*stds, 0.01])
             ax.set_ylim(min(means) - pad, max(means) + pad)
@@ -217,9 +289,11 @@ def report(payload: dict[str, Any], name: str, docs: Path = DOCS) -> None:
         f"Command: `{payload['command']}`; {payload['machine']}; {payload['wall_s'] / 60:.1f} "
         f"minutes in all. Reference (SFT) model's held-out reward: {reference:.4f}. Mean ± "
         "standard deviation over seeds; reward and win rate on held-out prompts (higher is "
-        "better), KL(policy || reference) estimated on policy samples, FSD violation = share of "
-        "quantile levels where the chosen implicit reward is below the rejected one on the "
-        "held-out preference split (0 = chosen dominates)."
+        "better), KL(policy || reference) estimated on policy samples. On the held-out "
+        "preference pairs (the same for every method, paired or unpaired): FSD violation = "
+        "share of quantile levels where the chosen implicit reward is below the rejected one "
+        "(0 = chosen dominates), q10 and median margin = Q_chosen(t) - Q_rejected(t) of the "
+        "implicit rewards at t = 0.1 and 0.5."
     ]
     for group in dict.fromkeys(r["group"] for r in rows):
         image = docs / "img" / f"{name}_{group.replace(' ', '_')}.png"
@@ -235,6 +309,7 @@ def main() -> None:
         "--quick", action="store_true", help=f"methods only, 1 seed, {QUICK_STEPS} steps"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "alignment")
     parser.add_argument("--report", action="store_true", help="only rebuild docs from results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -250,10 +325,12 @@ def main() -> None:
         seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
         start = time.perf_counter()
         base = {"max_steps": QUICK_STEPS, "eval_every": QUICK_STEPS} if args.quick else {}
-        runs = run_grid(grid(args.quick), seeds, args.work_dir, toy.ToyConfig(), base)
+        runs = run_grid(grid(args.quick), seeds, args.work_dir, toy.ToyConfig(), base, args.jobs)
         env = environment("cpu")
         payload = {
-            "command": "python -m benchmarks.alignment" + (" --quick" if args.quick else ""),
+            "command": "python -m benchmarks.alignment"
+            + (" --quick" if args.quick else "")
+            + (f" --jobs {args.jobs}" if args.jobs != 2 else ""),
             "machine": f"{env['cpu']}, {env['cores']} cores, torch {env['torch']}, "
             f"Python {platform.python_version()}",
             "wall_s": time.perf_counter() - start,

@@ -56,6 +56,10 @@ from aot_losses import baselines
 LOSSES = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto")
 PAIRED_LOSSES = ("aot_paired", "dpo", "ipo")  # the others also take paired data, as unpaired
 DEFAULT_BETA = {"aot_paired": 0.01, "aot_unpaired": 0.01, "dpo": 0.1, "ipo": 0.1, "kto": 0.1}
+#: Each loss's beta on the embedded task: the best of the per-method sweep (0.03 to 10) of
+#: ``benchmarks/alignment.py`` (docs/alignment.md). AOT's is its least-squares margin, DPO's and
+#: KTO's a logistic scale, IPO's sets the target margin 1 / (2 beta).
+EMBEDDED_BETA = {"aot_paired": 4.0, "aot_unpaired": 4.0, "dpo": 1.0, "ipo": 0.1, "kto": 4.0}
 
 
 def _opt(default: Any, help: str, **metadata: Any) -> Any:
@@ -74,7 +78,9 @@ class AlignConfig:
     eval_split: str = _opt("test", "hub split of --eval-dataset")
     eval_fraction: float = _opt(0.05, "share of --dataset held out when no --eval-dataset")
     loss: str = _opt("aot_paired", "preference loss", choices=LOSSES)
-    beta: float | None = _opt(None, "loss scale or margin (default: 0.01 AOT, 0.1 others)")
+    beta: float | None = _opt(
+        None, "loss scale or margin (default: 0.01 AOT, 0.1 others; embedded task: EMBEDDED_BETA)"
+    )
     penalty: str = _opt(
         "logistic",
         "AOT penalty h",
@@ -126,7 +132,6 @@ class AlignConfig:
 
 EMBEDDED_DEFAULTS: dict[str, Any] = {
     "penalty": "least_squares",  # with the paper's logistic, beta = 0.01, see docs/examples.md
-    "beta": 4.0,
     "max_length": 32,
     "max_prompt_length": 16,
     "per_device_batch_size": 64,
@@ -511,6 +516,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
             model=str(artifacts.reference_dir),
             dataset=str(artifacts.dataset(kind, "train")),
             eval_dataset=str(artifacts.dataset(kind, "eval")),
+            beta=EMBEDDED_BETA[cfg.loss] if cfg.beta is None else cfg.beta,
         )
     elif cfg.model is None or cfg.dataset is None:
         raise ValueError("give both --model and --dataset, or neither (the embedded task)")
@@ -548,7 +554,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
             rows.append([f"{split}: {key}", summary["eval_reference"].get(key), value])
     if artifacts is not None:
         summary["toy_data"] = artifacts.data_stats
-        ev = toy.evaluate_policy(cfg.toy, artifacts.reference_dir, out / "adapter")
+        ev = toy.evaluate_policy(cfg.toy, artifacts, out / "adapter")
         summary |= ev
         pm = "{:.4f} ± {:.4f}".format
         rows = [
@@ -571,6 +577,8 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
             ],
             *rows,
         ]
+        if result.eval_logps is None or not result.eval_logps.paired:  # unpaired losses
+            rows += [[f"held-out pairs: {k}", None, v] for k, v in ev["held_out_pairs"].items()]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_table(["metric", "reference", "aligned policy"], rows))
     return summary

@@ -97,6 +97,12 @@ def test_embedded_run_writes_summary_metrics_and_figure(
     assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert "fsd/violation" in records[-1]
+    # the held-out pairs, scored again from the saved adapter, give the loop's last evaluation
+    pairs, last = summary["held_out_pairs"], summary["eval_policy"]
+    assert set(last) - {"loss"} == set(pairs)
+    for key in ("rewards/chosen", "rewards/rejected", "quantile_margin/q10", "logps/chosen"):
+        assert pairs[key] == pytest.approx(last[key], rel=1e-4, abs=1e-5), key
+    assert summary["config"]["beta"] == align.EMBEDDED_BETA["aot_paired"]
 
 
 @pytest.mark.parametrize(
@@ -113,6 +119,11 @@ def test_every_loss_trains(tmp_path: Path, artifacts: toy.Artifacts, overrides: 
     summary = align.run(micro_config(tmp_path, artifacts, max_steps=2, eval_every=2, **overrides))
     assert summary["steps"] == 2
     assert summary["eval_policy"]["loss"] is not None
+    assert summary["config"]["beta"] == align.EMBEDDED_BETA[overrides["loss"]]
+    # paired or not, every loss is measured on the same held-out pairs
+    pairs = [json.loads(line) for line in artifacts.dataset("paired", "eval").open()]
+    assert summary["held_out_pairs"]["rewards/accuracy"] is not None
+    assert summary["held_out_pairs"]["fsd/violation"] is not None and len(pairs) > 0
 
 
 def test_paired_loss_rejects_unpaired_data(tmp_path: Path, artifacts: toy.Artifacts) -> None:

@@ -7,9 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from aot_losses import diagnostics
+
+#: Quantile levels of the implicit-reward margins reported by :func:`preference_metrics`.
+QUANTILE_MARGIN_LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 @dataclass
@@ -42,9 +46,11 @@ def preference_metrics(logps: PreferenceLogps) -> dict[str, float | None]:
 
     ``fsd/violation`` and ``fsd/almost_ratio`` compare the implicit rewards of chosen and
     rejected completions (0 when chosen dominates; at the start, where every reward is 0, the
-    ratio is undefined: ``None``). For paired data, ``rewards/accuracy`` is the share of pairs
-    whose chosen reward is higher and ``fsd/margin_violation`` compares the policy's margins
-    log pi(y+|x) - log pi(y-|x) with the reference's (what paired AOT pushes up).
+    ratio is undefined: ``None``). ``quantile_margin/qNN`` is ``Q_chosen(t) - Q_rejected(t)`` of
+    the implicit rewards at level ``t = NN / 100`` (positive: chosen ahead). For paired data,
+    ``rewards/accuracy`` is the share of pairs whose chosen reward is higher and
+    ``fsd/margin_violation`` compares the policy's margins log pi(y+|x) - log pi(y-|x) with the
+    reference's (what paired AOT pushes up).
     """
     chosen, rejected = logps.rewards
     out = {
@@ -56,6 +62,12 @@ def preference_metrics(logps: PreferenceLogps) -> dict[str, float | None]:
         "fsd/violation": _float(diagnostics.fsd_violation(chosen, rejected)),
         "fsd/almost_ratio": _float(diagnostics.almost_fsd_ratio(chosen, rejected)),
     }
+    levels = torch.tensor(QUANTILE_MARGIN_LEVELS, dtype=torch.float64)
+    _, q_chosen, q_rejected = diagnostics.quantile_curves(
+        chosen.double(), rejected.double(), levels
+    )
+    for level, margin in zip(levels.tolist(), (q_chosen - q_rejected).tolist(), strict=True):
+        out[f"quantile_margin/q{round(100 * level):02d}"] = margin
     if logps.paired:
         out["rewards/accuracy"] = _float((chosen > rejected).double().mean())
         out["fsd/margin_violation"] = _float(

@@ -17,7 +17,8 @@ Stages, each reusable on its own (``prepare`` chains and caches the first two):
    (every sample, labelled desirable iff exactly right).
 3. the generic loop in ``align.py`` aligns LoRA adapters on that data.
 4. :func:`evaluate_policy` samples from the reference and from the aligned policy on held-out
-   prompts and reports mean reward, win rate and a KL(policy || reference) estimate.
+   prompts and reports mean reward, win rate and a KL(policy || reference) estimate, and the
+   stochastic dominance of chosen over rejected implicit rewards on the held-out pairs.
 
 Prompts of the training, evaluation (held-out pairs) and test (held-out reward) splits are
 disjoint, and the SFT demonstrations avoid the held-out ones.
@@ -48,8 +49,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .data import Batch, write_jsonl
+from .data import Batch, collate, read_jsonl, write_jsonl
 from .modeling import load_tokenizer, sequence_logps
+from .report import PreferenceLogps, preference_metrics
 
 SEPARATOR = "="
 
@@ -371,20 +373,41 @@ def _mean_se(per_prompt: torch.Tensor) -> tuple[float, float]:
     return means.mean().item(), (means.std(unbiased=True) / math.sqrt(len(means))).item()
 
 
+def held_out_pairs(
+    policy: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Path
+) -> PreferenceLogps:
+    """Log-probs of the preference pairs in ``pairs`` (paired JSONL) under the aligned
+    ``policy`` and under its reference (adapters off), in one batch (nothing truncated)."""
+    batch = collate(read_jsonl(pairs), tokenizer, max_length=1024, max_prompt_length=512)
+    logps = sequence_logps(policy, batch)
+    with policy.disable_adapter():
+        reference = sequence_logps(policy, batch)
+    c = batch.chosen
+    return PreferenceLogps(logps[c], logps[~c], reference[c], reference[~c], paired=True)
+
+
 @torch.no_grad()
-def evaluate_policy(cfg: ToyConfig, reference_dir: Path, adapter_dir: Path) -> dict[str, float]:
-    """Reference vs aligned policy on the held-out test prompts.
+def evaluate_policy(
+    cfg: ToyConfig, artifacts: Artifacts, adapter_dir: Path
+) -> dict[str, float | dict[str, float | None]]:
+    """Reference vs aligned policy on the held-out test prompts, and the aligned policy's
+    implicit rewards on the held-out preference pairs.
 
     Both sample ``test_samples_per_prompt`` completions per prompt with the same settings and
     the same seed. Standard errors treat prompts as the independent units (per-prompt means).
+    The pairs are the same for every loss (paired or unpaired), so their stochastic-dominance
+    diagnostics compare losses on one footing.
 
     Returns:
         ``reference_reward_mean``/``_se``, ``policy_reward_mean``/``_se``, the paired
         difference ``reward_diff_mean``/``_se``, exact-match rates, ``win_rate``/``_se``
         (policy sample j beats reference sample j on the same prompt; ties count 1/2),
         ``kl_policy_reference``/``_se`` (mean of log pi(y|x) - log pi_ref(y|x) over policy
-        samples: an unbiased estimate of the sequence-level KL) and greedy-decoding rewards.
+        samples: an unbiased estimate of the sequence-level KL), greedy-decoding rewards, and
+        ``held_out_pairs``: :func:`~aot_examples.report.preference_metrics` of the held-out
+        pairs (``artifacts.dataset("paired", "eval")``).
     """
+    reference_dir = artifacts.reference_dir
     tokenizer = load_tokenizer(str(reference_dir))
     base = GPT2LMHeadModel.from_pretrained(reference_dir)
     policy = PeftModel.from_pretrained(base, adapter_dir).eval()
@@ -423,7 +446,10 @@ def evaluate_policy(cfg: ToyConfig, reference_dir: Path, adapter_dir: Path) -> d
         ref_logps = sequence_logps(policy, batch)
     log_ratio = (sequence_logps(policy, batch) - ref_logps).view(len(prompts), k)
 
-    summary: dict[str, float] = {"test_prompts": len(prompts), "test_samples_per_prompt": k}
+    summary: dict[str, float | dict[str, float | None]] = {
+        "test_prompts": len(prompts),
+        "test_samples_per_prompt": k,
+    }
     for name, values in (
         ("reference_reward", ref_r),
         ("policy_reward", pol_r),
@@ -438,4 +464,6 @@ def evaluate_policy(cfg: ToyConfig, reference_dir: Path, adapter_dir: Path) -> d
         summary[f"{name}_greedy_reward_mean"] = (
             rewards(generate_ids(True, reference=reference), 1).mean().item()
         )
+    pairs = held_out_pairs(policy, tokenizer, artifacts.dataset("paired", "eval"))
+    summary["held_out_pairs"] = preference_metrics(pairs)
     return summary
