@@ -7,14 +7,16 @@ so (Melnyk et al. 2024, arXiv 2406.05882, Section 3)
 
 * n = m atoms of equal weight: the integral is the mean of h(u_(i) - v_(i)) over order
   statistics (one sort of the two stacked samples);
-* otherwise: the cumulative-weight grids of both samples are merged, and the integral is the sum
-  over merged intervals of (interval length) x h(Q_U - Q_V). The grid bookkeeping runs in float64
-  (it is O(n + m), and float32 cumulative sums cancel); intervals of length zero (zero weights,
-  coinciding grid points) contribute exactly zero to the value and the gradient.
+* otherwise: the cumulative-weight grids of both samples are merged (by binary search, no sort;
+  cached for equal weights), and the integral is the sum over merged intervals of (interval
+  length) x h(Q_U - Q_V). The grid bookkeeping runs in float64 (it is O(n + m), and float32
+  cumulative sums cancel); intervals of length zero (zero weights, coinciding grid points)
+  contribute exactly zero to the value and the gradient.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -170,9 +172,7 @@ def transport(
     if process_group is not None:
         u, v, u_weights, v_weights = _gather(process_group, u, v, u_weights, v_weights)
 
-    def sort_values(x: Tensor) -> Tensor:
-        if sort == "hard":
-            return torch.sort(x, dim=-1).values
+    def soft(x: Tensor) -> Tensor:
         return soft_sort(
             x,
             regularization=regularization,
@@ -180,8 +180,10 @@ def transport(
             backend=sort_backend,
         )
 
+    sort_values = None if sort == "hard" else soft
     if u_weights is None and v_weights is None and u.shape == v.shape:
-        sorted_uv = sort_values(torch.stack((u, v)))
+        stacked = torch.stack((u, v))
+        sorted_uv = torch.sort(stacked, dim=-1).values if sort_values is None else soft(stacked)
         return reduce(h(sorted_uv[0] - sorted_uv[1]), reduction)
     return _ot_merged(u, v, u_weights, v_weights, h, sort_values, reduction)
 
@@ -231,28 +233,30 @@ def _ot_merged(
     u_weights: Tensor | None,
     v_weights: Tensor | None,
     h: Penalty,
-    sort_values: Callable[[Tensor], Tensor],
+    sort_values: Callable[[Tensor], Tensor] | None,
     reduction: Reduction,
 ) -> Tensor:
     """OT_h on the merged cumulative-weight grid (unequal sizes and/or weights).
 
     With cumulative weights A_i of u's sorted atoms (total A) and B_j of v's (total B), the grid
     points are A_i B and B_j A on the common scale A B; interval k = (t_{k-1}, t_k] maps u's
-    quantile to the first atom i with A_i B >= t_k (likewise for v).
+    quantile to the first atom i with A_i B >= t_k (likewise for v). Without weights the grid
+    depends on n and m only and is cached. ``sort_values`` None means the hard sort.
     """
     n, m = u.shape[-1], v.shape[-1]
-    order_u, order_v = torch.argsort(u, dim=-1), torch.argsort(v, dim=-1)
-    cum_u = _cumulative_weights(u_weights, order_u, u)
-    cum_v = _cumulative_weights(v_weights, order_v, v)
-    total_u, total_v = cum_u[..., -1:], cum_v[..., -1:]
-    grid_u, grid_v = cum_u * total_v, cum_v * total_u  # both end at total_u * total_v exactly
-    grid = torch.sort(torch.cat((grid_u, grid_v), dim=-1), dim=-1).values
-    lengths = torch.diff(grid, dim=-1, prepend=torch.zeros_like(grid[..., :1]))
-    lengths = lengths / (total_u * total_v)
-    atom_u = torch.searchsorted(grid_u.contiguous(), grid).clamp_(max=n - 1)
-    atom_v = torch.searchsorted(grid_v.contiguous(), grid).clamp_(max=m - 1)
-
-    sorted_u, sorted_v = sort_values(u), sort_values(v)
+    if u_weights is None and v_weights is None:
+        # torch.compile traces the function itself (a cache lookup cannot be traced)
+        uniform = _uniform_grid.__wrapped__ if torch.compiler.is_compiling() else _uniform_grid
+        lengths, atom_u, atom_v = uniform(n, m, u.device)
+        sort = sort_values or (lambda x: torch.sort(x, dim=-1).values)
+        sorted_u, sorted_v = sort(u), sort(v)
+        lead = u.shape[:-1]
+        atom_u, atom_v = atom_u.expand(*lead, -1), atom_v.expand(*lead, -1)
+    else:
+        (sorted_u, cum_u), (sorted_v, cum_v) = (
+            _sorted_atoms(x, w, sort_values) for x, w in ((u, u_weights), (v, v_weights))
+        )
+        lengths, atom_u, atom_v = _merged_grid(cum_u, cum_v)
     diff = sorted_u.gather(-1, atom_u) - sorted_v.gather(-1, atom_v)
     positive = lengths > 0
     # Zero-length intervals are masked, and their argument zeroed so h cannot produce inf/NaN
@@ -268,12 +272,57 @@ def _ot_merged(
     return value.to(u.dtype)
 
 
-def _cumulative_weights(weights: Tensor | None, order: Tensor, x: Tensor) -> Tensor:
-    """Float64 cumulative weights of ``x``'s atoms in sorted order (integers when uniform).
-    Weights are data, not parameters: they are not differentiated."""
+def _sorted_atoms(
+    x: Tensor, weights: Tensor | None, sort_values: Callable[[Tensor], Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """``x`` sorted (hard when ``sort_values`` is None) and the float64 cumulative weights of its
+    atoms in sorted order (integers when uniform). Weights are data, not parameters: they are
+    not differentiated."""
     if weights is None:
         n = x.shape[-1]
-        steps = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
-        return steps.expand(*x.shape[:-1], n)
+        cumulative = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
+        values = torch.sort(x, dim=-1).values if sort_values is None else sort_values(x)
+        return values, cumulative.expand(*x.shape[:-1], n)
+    values, order = torch.sort(x, dim=-1)
+    if sort_values is not None:
+        values = sort_values(x)
     sorted_weights = weights.detach().to(torch.float64).expand_as(x).gather(-1, order)
-    return torch.cumsum(sorted_weights, dim=-1)
+    return values, torch.cumsum(sorted_weights, dim=-1)
+
+
+def _merged_grid(cum_u: Tensor, cum_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Lengths (summing to 1) of the intervals of the merged grid, and for each interval the
+    atom of u and of v that covers it.
+
+    The two sorted grids are merged without a sort: a point's slot is its index plus the
+    number of the other grid's points before it (u's first at ties); at a point of one grid,
+    the other's covering atom is its first point at or above it.
+    """
+    n, m = cum_u.shape[-1], cum_v.shape[-1]
+    total_u, total_v = cum_u[..., -1:], cum_v[..., -1:]
+    grid_u, grid_v = cum_u * total_v, cum_v * total_u  # both end at total_u * total_v exactly
+    v_below_u = torch.searchsorted(grid_v.contiguous(), grid_u.contiguous())  # v < u_i
+    u_upto_v = torch.searchsorted(grid_u.contiguous(), grid_v.contiguous(), right=True)
+    index_u = torch.arange(n, device=cum_u.device).expand_as(grid_u)
+    index_v = torch.arange(m, device=cum_u.device).expand_as(grid_v)
+    slot_u, slot_v = index_u + v_below_u, index_v + u_upto_v
+    shape = (*grid_u.shape[:-1], n + m)
+
+    def merge(at_u: Tensor, at_v: Tensor) -> Tensor:
+        # zeros, not empty: with value checks off, negative weights (unsorted grids) can leave
+        # slots unfilled; the result is then meaningless, but every index stays in range
+        out = at_u.new_zeros(shape).scatter_(-1, slot_u, at_u)
+        return out.scatter_(-1, slot_v, at_v)
+
+    grid = merge(grid_u, grid_v)
+    lengths = torch.diff(grid, dim=-1, prepend=torch.zeros_like(grid[..., :1]))
+    atom_u = merge(index_u, u_upto_v.clamp(max=n - 1))  # a tie with u's point has length 0
+    atom_v = merge(v_below_u.clamp(max=m - 1), index_v)
+    return lengths / (total_u * total_v), atom_u, atom_v
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_grid(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_merged_grid` of n and m equal weights."""
+    steps = (torch.arange(1, k + 1, dtype=torch.float64, device=device) for k in (n, m))
+    return _merged_grid(*steps)

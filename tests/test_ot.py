@@ -196,11 +196,12 @@ def test_zero_weight_atoms_at_the_ends_give_no_nan():
     assert u.grad[0] == 0 and u.grad[-1] == 0
 
 
-def test_leading_batch_dimensions_match_per_row_results():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_leading_batch_dimensions_match_per_row_results(weighted):
     gen = torch.Generator().manual_seed(1)
     u = torch.randn(3, 4, 6, dtype=torch.float64, generator=gen)
     v = torch.randn(3, 4, 9, dtype=torch.float64, generator=gen)
-    w = torch.rand(6, dtype=torch.float64, generator=gen)
+    w = torch.rand(6, dtype=torch.float64, generator=gen) if weighted else None
     batched = ot_1d(u, v, "squared_hinge", beta=0.3, u_weights=w)
     assert batched.shape == (3, 4)
     for i in range(3):
@@ -314,3 +315,30 @@ def test_nonconvex_penalty_is_only_an_upper_bound():
     exact, _ = lp_oracle(u, v, [1, 1], [1, 1], concave)
     assert sorted_value == 1.0
     assert math.isclose(exact, math.sqrt(2) / 2, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"u_weights": "weights"}, {"sort": "soft"}],
+    ids=["unequal sizes", "weights", "soft sort"],
+)
+def test_torch_compile_fullgraph_matches_eager(options):
+    """The merged-grid path traces into one graph (``aot_eager``: no C++ compiler needed), and
+    the compiled value and gradient equal the eager ones."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(7, dtype=torch.float64, generator=gen)
+    v = torch.randn(5, dtype=torch.float64, generator=gen)
+    weights = torch.rand(7, dtype=torch.float64, generator=gen)
+    kw = {k: weights if value == "weights" else value for k, value in options.items()}
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return ot(x, v, "logistic", **kw)
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    eager_u, compiled_u = u.clone().requires_grad_(), u.clone().requires_grad_()
+    expected, value = loss(eager_u), compiled(compiled_u)
+    expected.backward()
+    value.backward()
+    assert_close(value, expected)
+    assert_close(compiled_u.grad, eager_u.grad)
