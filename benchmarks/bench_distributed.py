@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.multiprocessing.spawn import spawn
 from torch.utils.benchmark import Measurement, Timer
 
 from aot_losses import aot_paired_loss
@@ -145,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
-        torch.multiprocessing.spawn(
+        spawn(
             _worker,
             args=(str(Path(tmp) / "store"), args.sizes, args.repeats, str(out)),
             nprocs=WORLD,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -62,7 +63,7 @@ def cases(n: int, device: str) -> dict[str, Callable[[], None]]:
 
 
 def measure(sizes: list[int], device: str, min_run_time: float) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for n in tqdm(sizes, desc=f"losses on {device}"):
         timings = {name: time_it(fn, device, min_run_time) for name, fn in cases(n, device).items()}
         base = timings[BASELINE]["median_s"]
@@ -71,7 +72,7 @@ def measure(sizes: list[int], device: str, min_run_time: float) -> list[dict[str
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     names = list(dict.fromkeys(str(r["case"]) for r in rows))
     lines = ["| n | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for n in dict.fromkeys(r["n"] for r in rows):

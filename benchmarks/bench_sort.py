@@ -67,9 +67,10 @@ def sort_fn(method: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if method == "torchsort":
         import torchsort
 
-        return lambda x: torchsort.soft_sort(x, regularization_strength=STRENGTH)  # type: ignore[no-any-return]
-    backend = "sinkhorn" if method == "sinkhorn" else "torch"
-    return lambda x: soft_sort(x, regularization_strength=STRENGTH, backend=backend)
+        return lambda x: torchsort.soft_sort(x, regularization_strength=STRENGTH)
+    if method == "sinkhorn":
+        return lambda x: soft_sort(x, regularization_strength=STRENGTH, backend="sinkhorn")
+    return lambda x: soft_sort(x, regularization_strength=STRENGTH)
 
 
 def case(method: str, mode: str, batch: int, n: int, device: str) -> Callable[[], object]:
@@ -172,12 +173,13 @@ def main() -> None:
         if device == "cuda" and not torch.cuda.is_available():
             print("CUDA not available: no CUDA results")
             continue
+        results = run(device, args.min_run_time)
         payload = {
             "environment": {**environment(device), "regularization_strength": STRENGTH},
-            "results": run(device, args.min_run_time),
+            "results": results,
         }
         save_json(f"sort_{device}", payload)
-        print(table(payload["results"]))
+        print(table(results))
         if device == "cpu" and not args.no_docs:
             write_section("bench_sort", section(payload))
 

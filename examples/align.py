@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.distributed as dist
@@ -52,6 +52,8 @@ from transformers import get_scheduler
 
 import aot_losses
 from aot_losses import baselines
+from aot_losses.ot import SortKind
+from aot_losses.penalties import PenaltyName
 
 LOSSES = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto")
 PAIRED_LOSSES = ("aot_paired", "dpo", "ipo")  # the others also take paired data, as unpaired
@@ -81,12 +83,13 @@ class AlignConfig:
     beta: float | None = _opt(
         None, "loss scale or margin (default: 0.01 AOT, 0.1 others; embedded task: EMBEDDED_BETA)"
     )
-    penalty: str = _opt(
-        "logistic",
-        "AOT penalty h",
-        choices=("logistic", "squared_hinge", "hinge", "least_squares"),
+    penalty: PenaltyName = field(  # field(): ruff cannot tell _opt's result is immutable
+        default="logistic",
+        metadata={"help": "AOT penalty h", "choices": get_args(PenaltyName)},
     )
-    sort: str = _opt("hard", "AOT sorting", choices=("hard", "soft"))
+    sort: SortKind = field(
+        default="hard", metadata={"help": "AOT sorting", "choices": get_args(SortKind)}
+    )
     regularization_strength: float = _opt(0.1, "soft-sort regularization strength")
     label_smoothing: float = _opt(0.0, "label smoothing (AOT logistic, DPO)")
     global_sort: bool = _opt(True, "AOT: sort the global batch over all processes")
@@ -602,8 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help
             )
         else:
-            kind = types[str(f.type).split(" | ")[0]]
             choices = f.metadata.get("choices")
+            kind = str if choices else types[str(f.type).split(" | ")[0]]
             parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=help)
     return parser
 
