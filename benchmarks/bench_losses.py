@@ -51,6 +51,9 @@ def cases(n: int, device: str) -> dict[str, Callable[[], None]]:
     def unpaired() -> None:
         aot_unpaired_loss(pc, pr, rc, rr).backward()
 
+    def unpaired_unequal() -> None:
+        aot_unpaired_loss(pc, half_pr, rc, half_rr).backward()
+
     def unpaired_unequal_weighted() -> None:
         aot_unpaired_loss(pc, half_pr, rc, half_rr, chosen_weights=weights).backward()
 
@@ -58,6 +61,7 @@ def cases(n: int, device: str) -> dict[str, Callable[[], None]]:
         BASELINE: sort_baseline,
         "aot_paired_loss": paired,
         "aot_unpaired_loss": unpaired,
+        "aot_unpaired_loss n vs n/2": unpaired_unequal,
         "aot_unpaired_loss n vs n/2, weighted": unpaired_unequal_weighted,
     }
 

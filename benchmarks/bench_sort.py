@@ -139,17 +139,16 @@ def section(payload: dict[str, Any]) -> str:
     env, rows = payload["environment"], payload["results"]
     return (
         "## Sort backends\n\n"
-        "`python -m benchmarks.bench_sort --threads 1`. Forward and forward+backward "
+        "`python -m benchmarks.bench_sort --threads 1 --device cpu`. Forward and forward+backward "
         "(`out.sum().backward()`) on float32 `torch.randn` rows of shape (batch, n): `hard` is "
         "`hard_sort` (`torch.sort` values); `torch` is `soft_sort` (l2, "
         f"`regularization_strength={STRENGTH:g}`), the pure-PyTorch backend; `torchsort` is "
         "`torchsort.soft_sort` with the same arguments; `sinkhorn` is "
         f'`soft_sort(..., backend="sinkhorn")` (epsilon {STRENGTH:g}). Median ± IQR from '
         "`Timer.blocked_autorange`; the ratio columns divide by torchsort's median.\n\n"
-        f"{describe_machine(env)}. One run on this {env['cores']}-core machine, whose cores "
-        "were shared with other jobs during the run: absolute times are noisy (IQRs of tens "
-        "of percent; repeated runs of the small cases moved by up to 30 %), the ratios less "
-        "so.\n\n"
+        f"{describe_machine(env)}. One run, every case timed in the same process; the IQRs "
+        "show the noise within it (repeated runs of the small cases on a busy machine moved by "
+        "up to 30 %; the ratios, side by side, move less).\n\n"
         f"{table(rows)}\n\n"
         "Not run:\n\n"
         f"{skipped(rows)}\n\n"
