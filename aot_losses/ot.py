@@ -182,8 +182,7 @@ def transport(
 
     sort_values = None if sort == "hard" else soft
     if u_weights is None and v_weights is None and u.shape == v.shape:
-        stacked = torch.stack((u, v))
-        sorted_uv = torch.sort(stacked, dim=-1).values if sort_values is None else soft(stacked)
+        sorted_uv = _sorted(torch.stack((u, v)), sort_values)
         return reduce(h(sorted_uv[0] - sorted_uv[1]), reduction)
     return _ot_merged(u, v, u_weights, v_weights, h, sort_values, reduction)
 
@@ -248,8 +247,7 @@ def _ot_merged(
         # torch.compile traces the function itself (a cache lookup cannot be traced)
         uniform = _uniform_grid.__wrapped__ if torch.compiler.is_compiling() else _uniform_grid
         lengths, atom_u, atom_v = uniform(n, m, u.device)
-        sort = sort_values or (lambda x: torch.sort(x, dim=-1).values)
-        sorted_u, sorted_v = sort(u), sort(v)
+        sorted_u, sorted_v = _sorted(u, sort_values), _sorted(v, sort_values)
         lead = u.shape[:-1]
         atom_u, atom_v = atom_u.expand(*lead, -1), atom_v.expand(*lead, -1)
     else:
@@ -272,6 +270,12 @@ def _ot_merged(
     return value.to(u.dtype)
 
 
+def _sorted(x: Tensor, sort_values: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """``x`` sorted along the last dimension: hard (``torch.sort``) when ``sort_values`` is
+    None, else by ``sort_values``."""
+    return torch.sort(x, dim=-1).values if sort_values is None else sort_values(x)
+
+
 def _sorted_atoms(
     x: Tensor, weights: Tensor | None, sort_values: Callable[[Tensor], Tensor] | None
 ) -> tuple[Tensor, Tensor]:
@@ -281,8 +285,7 @@ def _sorted_atoms(
     if weights is None:
         n = x.shape[-1]
         cumulative = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
-        values = torch.sort(x, dim=-1).values if sort_values is None else sort_values(x)
-        return values, cumulative.expand(*x.shape[:-1], n)
+        return _sorted(x, sort_values), cumulative.expand(*x.shape[:-1], n)
     values, order = torch.sort(x, dim=-1)
     if sort_values is not None:
         values = sort_values(x)

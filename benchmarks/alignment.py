@@ -256,11 +256,11 @@ def plot(rows: list[dict[str, Any]], group: str, path: Path) -> None:
     for ax, (metric, name) in zip(axes, PLOTTED, strict=True):
         ax.set_title(f"{group}: {name}")
         if group == "beta":
-            for name in dict.fromkeys(sweep_series(r) for r in chosen):
-                line = [r for r in chosen if sweep_series(r) == name]
+            for series in dict.fromkeys(sweep_series(r) for r in chosen):
+                line = [r for r in chosen if sweep_series(r) == series]
                 ax.errorbar([r["beta"] for r in line], [r[metric][0] for r in line],
                             yerr=[r[metric][1] for r in line], marker="o", capsize=3,
-                            label=name)  # fmt: skip
+                            label=series)  # fmt: skip
             ax.set_xscale("log")
             ax.set_xlabel("beta")
             ax.legend(fontsize=7)

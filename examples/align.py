@@ -83,7 +83,7 @@ class AlignConfig:
     beta: float | None = _opt(
         None, "loss scale or margin (default: 0.01 AOT, 0.1 others; embedded task: EMBEDDED_BETA)"
     )
-    penalty: PenaltyName = field(  # field(): ruff cannot tell _opt's result is immutable
+    penalty: PenaltyName = field(  # not _opt: ruff's RUF009 flags it on a Literal-typed field
         default="logistic",
         metadata={"help": "AOT penalty h", "choices": get_args(PenaltyName)},
     )

@@ -374,6 +374,7 @@ def _mean_se(per_prompt: torch.Tensor) -> tuple[float, float]:
     return means.mean().item(), (means.std(unbiased=True) / math.sqrt(len(means))).item()
 
 
+@torch.no_grad()
 def held_out_pairs(
     policy: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Path
 ) -> PreferenceLogps:
