@@ -240,7 +240,8 @@ def sweep_series(row: dict[str, Any]) -> str:
     return str(row["label"]).rsplit(", beta", 1)[0]
 
 
-PLOTTED = (("reward_mean", "held-out reward"), ("fsd_violation", "FSD violation (held-out pairs)"))
+PLOTTED = (("reward_mean", "held-out reward"), ("fsd_violation", "FSD violation (held-out pairs)"),
+           ("quantile_margins.q10", "q10 margin (held-out pairs)"))  # fmt: skip
 
 
 def plot(rows: list[dict[str, Any]], group: str, path: Path) -> None:
@@ -252,7 +253,7 @@ def plot(rows: list[dict[str, Any]], group: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     chosen = [r for r in rows if r["group"] == group]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 3.5))
     for ax, (metric, name) in zip(axes, PLOTTED, strict=True):
         ax.set_title(f"{group}: {name}")
         if group == "beta":
