@@ -240,12 +240,15 @@ def _ot_merged(
     With cumulative weights A_i of u's sorted atoms (total A) and B_j of v's (total B), the grid
     points are A_i B and B_j A on the common scale A B; interval k = (t_{k-1}, t_k] maps u's
     quantile to the first atom i with A_i B >= t_k (likewise for v). Without weights the grid
-    depends on n and m only and is cached. ``sort_values`` None means the hard sort.
+    depends on n and m only and is cached (up to n + m = 2^16). ``sort_values`` None means the
+    hard sort.
     """
     n, m = u.shape[-1], v.shape[-1]
     if u_weights is None and v_weights is None:
-        # torch.compile traces the function itself (a cache lookup cannot be traced)
-        uniform = _uniform_grid.__wrapped__ if torch.compiler.is_compiling() else _uniform_grid
+        # torch.compile traces the function itself (a cache lookup cannot be traced); large
+        # grids are cheap next to their sorts and would hold device memory in the cache
+        cached = n + m <= _CACHED_GRID_SIZE and not torch.compiler.is_compiling()
+        uniform = _uniform_grid if cached else _uniform_grid.__wrapped__
         lengths, atom_u, atom_v = uniform(n, m, u.device)
         sorted_u, sorted_v = _sorted(u, sort_values), _sorted(v, sort_values)
         lead = u.shape[:-1]
@@ -324,7 +327,11 @@ def _merged_grid(cum_u: Tensor, cum_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return lengths / (total_u * total_v), atom_u, atom_v
 
 
-@functools.lru_cache(maxsize=64)
+#: Largest n + m whose grid of equal weights is cached (at most 32 grids of 24 bytes a point).
+_CACHED_GRID_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=32)
 def _uniform_grid(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_merged_grid` of n and m equal weights."""
     steps = (torch.arange(1, k + 1, dtype=torch.float64, device=device) for k in (n, m))
