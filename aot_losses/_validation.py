@@ -164,15 +164,20 @@ def check_logps(
     return tensors
 
 
-def check_finite(x: Tensor, name: str, parts: dict[str, Tensor] | None = None) -> None:
-    """Value check: raise ``ValueError`` if ``x`` holds NaN or infinity.
+def check_finite(x: Tensor, name: str, parts: dict[str, Tensor] | None = None) -> bool:
+    """Value check: raise ``ValueError`` if ``x`` holds NaN or infinity; return whether ``x``
+    was checked (False when value checks do not run, see :func:`set_value_checks`).
 
-    One float64 sum decides (NaN and inf propagate through it, and float64 does not overflow on
-    lower-precision inputs); only when it is not finite are the elements of ``parts``, the
-    tensors ``x`` was computed from (default: ``x`` itself), inspected to name the culprit.
+    One float64 sum ``t`` decides (NaN and inf propagate through it, and float64 does not
+    overflow on lower-precision inputs; ``t - t == 0`` iff ``t`` is finite); only when it is
+    not finite are the elements of ``parts``, the tensors ``x`` was computed from (default:
+    ``x`` itself), inspected to name the culprit.
     """
-    if not _values_checked(x) or bool(torch.isfinite(x.sum(dtype=torch.float64))):
-        return
+    if not _values_checked(x):
+        return False
+    total = x.sum(dtype=torch.float64)
+    if bool(total - total == 0):
+        return True
     for part_name, part in (parts or {name: x}).items():
         bad = int((~torch.isfinite(part)).sum())
         if bad:
@@ -181,6 +186,7 @@ def check_finite(x: Tensor, name: str, parts: dict[str, Tensor] | None = None) -
                 f"{part.numel()} (aot_losses.set_value_checks('never') lets them propagate "
                 "to a NaN loss)"
             )
+    return bool(torch.isfinite(x).all())  # finite parts, but the float64 sum overflowed
 
 
 def check_weights(

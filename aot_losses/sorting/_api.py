@@ -46,14 +46,24 @@ def _check_soft(
     descending: object,
     backend: object,
     backends: tuple[str, ...],
-) -> tuple[Tensor, int, float]:
-    """The checks shared by :func:`soft_sort` and :func:`soft_rank`."""
+) -> tuple[Tensor, int, float, bool]:
+    """The checks shared by :func:`soft_sort` and :func:`soft_rank`; the last result says
+    whether ``x`` was checked to be finite."""
     x, dim = _check_layout(x, dim, descending)
     check_choice(backend, "backend", backends)
     check_choice(regularization, "regularization", get_args(Regularization))
     s = check_positive(strength, "regularization_strength")
-    check_finite(x, "x")
-    return x, dim, s
+    return x, dim, s, check_finite(x, "x")
+
+
+def _isotonic(
+    backend: str, rows: Tensor, strength: float, regularization: str, *, rank: bool, finite: bool
+) -> Tensor:
+    """The permutahedron projection of ``rows`` (B, n) by ``backend`` (``"torch"`` or
+    ``"torchsort"``); ``finite``: the rows are known to be finite."""
+    if backend == "torch":
+        return isotonic_soft_sort(rows, strength, regularization, rank=rank, finite=finite)
+    return torchsort_soft(rows, strength, regularization, rank=rank)
 
 
 def _along_rows(x: Tensor, dim: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -190,7 +200,7 @@ def soft_sort(
         >>> soft_sort(x, regularization_strength=2.0)
         tensor([1.5000, 2.0000, 2.5000])
     """
-    x, dim, s = _check_soft(
+    x, dim, s, finite = _check_soft(
         x, regularization, regularization_strength, dim, descending, backend, get_args(Backend)
     )
     if backend == "sinkhorn":
@@ -205,10 +215,9 @@ def soft_sort(
                 f"unexpected option(s) {', '.join(map(repr, sorted(options)))} for "
                 f"backend={backend!r}; options are accepted by backend='sinkhorn' only"
             )
-        impl = isotonic_soft_sort if backend == "torch" else torchsort_soft
 
         def ascending(rows: Tensor) -> Tensor:
-            return impl(rows, s, regularization, rank=False)
+            return _isotonic(backend, rows, s, regularization, rank=False, finite=finite)
 
     if descending:
         return -_along_rows(-x, dim, ascending)
@@ -263,12 +272,11 @@ def soft_rank(
         >>> soft_rank(x, regularization_strength=2.0)
         tensor([2.5000, 1.5000, 2.0000])
     """
-    x, dim, s = _check_soft(
+    x, dim, s, finite = _check_soft(
         x, regularization, regularization_strength, dim, descending, backend, get_args(RankBackend)
     )
-    impl = isotonic_soft_sort if backend == "torch" else torchsort_soft
 
     def ascending(rows: Tensor) -> Tensor:
-        return impl(rows, s, regularization, rank=True)
+        return _isotonic(backend, rows, s, regularization, rank=True, finite=finite)
 
     return _along_rows(-x if descending else x, dim, ascending)

@@ -98,11 +98,10 @@ class _Problem:
     def linear_diff(self, lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
         """The part of ``pos_diff`` linear in the positions (it grows like ``n / s``), formed
         from exact differences of positions before any division."""
-        s = self.strength
+        s = self.strength  # one division by an exact scale: the same bits as -((...) / 2) / s
         if self.regularization == "l2":
-            mid = ((lo1 + hi1) - (lo2 + hi2)) / 2
-            return -mid / s if self.kind == "sort" else mid
-        return -(lo1 - lo2) / s if self.kind == "sort" else torch.zeros_like(lo1 - lo2)
+            return ((lo1 + hi1) - (lo2 + hi2)) / (-2 * s if self.kind == "sort" else 2)
+        return (lo1 - lo2) / -s if self.kind == "sort" else torch.zeros_like(lo1 - lo2)
 
     def bounded(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         """The rest of ``Pos[lo, hi)``, of magnitude ``O(log(n / s))`` (None: zero)."""
@@ -142,8 +141,8 @@ class _Blocks:
     ``stat``, ``lo``, ``hi`` (B, n): per block slot ``k`` of each row, the statistic and the
     range ``[lo, hi)`` (float64 positions); slots past the row's number of blocks have
     ``lo == hi == n``. ``ids`` (B, n): flat block slot of each position (row ``r`` owns slots
-    ``r n .. r n + n - 1``), or ``None`` when every position is its own block; then ``lo`` and
-    ``hi`` are 1-D (n,) and broadcast over the rows.
+    ``r n .. r n + n - 1``), or ``None`` when every position is its own block
+    (:func:`_singletons`); then ``lo`` and ``hi`` are 1-D (n,) and broadcast over the rows.
     """
 
     stat: Tensor
@@ -151,22 +150,26 @@ class _Blocks:
     hi: Tensor
     ids: Tensor | None = None
 
-    def per_position(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``stat``, ``lo``, ``hi`` of the block of every position (B, n) or broadcastable,
-        and the row-local index of that block (``None`` for singletons)."""
-        if self.ids is None:
-            return self.stat, self.lo, self.hi, None
-        ids = self.ids.view(-1)
+    def per_position(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``stat``, ``lo``, ``hi`` of the block of every position (B, n), and the row-local
+        index of that block (blocks made by :func:`_blocks`)."""
+        ids = cast(Tensor, self.ids)
         stat, lo, hi = (
-            t.reshape(-1).index_select(0, ids).view(self.ids.shape)
+            t.reshape(-1).index_select(0, ids.view(-1)).view(ids.shape)
             for t in (self.stat, self.lo, self.hi)
         )
-        return stat, lo, hi, self.ids - self.ids[:, :1]
+        return stat, lo, hi, ids - ids[:, :1]
 
 
 def _singletons(z: Tensor) -> _Blocks:
-    lo = torch.arange(z.shape[1], device=z.device, dtype=torch.float64)
-    return _Blocks(z, lo, lo + 1)
+    return _Blocks(z, *_unit_ranges(z.shape[1], z.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_ranges(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``lo``, ``hi`` of the blocks of one position: ``[k, k + 1)`` for ``k < n``."""
+    lo = torch.arange(n, device=device, dtype=torch.float64)
+    return lo, lo + 1
 
 
 def _blocks(problem: _Problem, z: Tensor, start: Tensor) -> _Blocks:
@@ -214,25 +217,21 @@ def _singleton_gaps(problem: _Problem, n: int, device: torch.device) -> tuple[Te
 
 
 def _merge_passes(
-    problem: _Problem, z: Tensor, max_passes: int, start: Tensor | None = None
+    problem: _Problem, z: Tensor, max_passes: int, start: Tensor
 ) -> tuple[Tensor, _Blocks, bool]:
     """Parallel PAV: each pass pools every run of adjacent violating blocks.
 
-    Starts from singletons, or from the blocks starting where ``start`` (B, n) is true. Returns
-    the block starts, their blocks and whether they are final. Pooling any adjacent violators
-    is valid (they share a value in the solution), so every pass only coarsens towards it.
+    Starts from the blocks starting where ``start`` (B, n) is true. Returns the block starts,
+    their blocks and whether they are final. Pooling any adjacent violators is valid (they
+    share a value in the solution), so every pass only coarsens towards it.
     """
-    if start is None:
-        start = torch.ones(z.shape, dtype=torch.bool, device=z.device)
-        blk = _singletons(z)
-    else:
-        blk = _blocks(problem, z, start)
+    blk = _blocks(problem, z, start)
     for _ in range(max_passes):
         viol = _violations(problem, blk)
         if viol is None:
             return start, blk, True
         pooled = torch.cat([viol.new_zeros(viol.shape[0], 1), viol], 1)
-        start = start & ~(pooled if blk.ids is None else pooled.view(-1)[blk.ids])
+        start = start & ~pooled.view(-1)[cast(Tensor, blk.ids)]
         blk = _blocks(problem, z, start)
     return start, blk, False
 
@@ -396,8 +395,8 @@ def _solve(problem: _Problem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
     viol = _violations(problem, _singletons(z))
     if viol is None:  # no pooling at all: the hard sort, or the hard ranks 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
-    pooling = viol.any(1)
-    rows = None if bool(pooling.all()) else pooling.nonzero()[:, 0]
+    pooling = viol.any(1).nonzero()[:, 0]
+    rows = None if len(pooling) == len(a) else pooling
     sub_a, sub_z, sub_viol = (
         (a, z, viol) if rows is None else (t.index_select(0, rows) for t in (a, z, viol))
     )
@@ -429,7 +428,7 @@ def _pooled(problem: _Problem, a: Tensor, z: Tensor, blk: _Blocks) -> tuple[Tens
     :func:`_blocks`), by the closed form of each block."""
     stat, lo, hi, block = blk.per_position()
     size = hi - lo
-    i = torch.arange(a.shape[1], device=a.device, dtype=torch.float64)
+    i = _unit_ranges(a.shape[1], a.device)[0]  # the positions 0 .. n - 1
     s = problem.strength
     if not problem.lse:
         mean = stat / size
@@ -446,27 +445,30 @@ def _pooled(problem: _Problem, a: Tensor, z: Tensor, blk: _Blocks) -> tuple[Tens
             values = -stat + (i - lo) / s + offset
         else:
             values = weight * size * (lo + hi + 1) / 2
-    return values.to(a.dtype), weight.to(a.dtype), cast(Tensor, block)
+    return values.to(a.dtype), weight.to(a.dtype), block
 
 
 def _forward(
-    x: Tensor, strength: float, regularization: str, rank: bool
+    x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`_solve`.
 
     Ties are broken as torchsort breaks them (``torch.sort(-x, descending=True)``), so the
-    gradients agree with it on tied inputs too. Rows holding NaN or infinity give NaN rows.
+    gradients agree with it on tied inputs too. Rows holding NaN or infinity give NaN rows
+    (``finite``: the caller has checked that there are none).
     """
     values, perm = torch.sort(-x, dim=1, descending=True)
-    # NaN sorts first and infinities to the ends: the first and last columns tell
-    ends = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
-    finite = None if bool(ends.all()) else ends
-    if finite is not None:
-        values, perm = torch.sort(-torch.where(finite, x, 0), dim=1, descending=True)
+    ends = None
+    if not finite:  # NaN sorts first and infinities to the ends: the end columns tell
+        ends = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
+    finite_rows = None if ends is None or bool(ends.all()) else ends
+    if finite_rows is not None:
+        values, perm = torch.sort(-torch.where(finite_rows, x, 0), dim=1, descending=True)
     problem = _Problem("rank" if rank else "sort", regularization, strength)
     out, weight, block = _solve(problem, -values)
-    if finite is not None:
-        out, weight = torch.where(finite, out, math.nan), torch.where(finite, weight, math.nan)
+    if finite_rows is not None:
+        out = torch.where(finite_rows, out, math.nan)
+        weight = torch.where(finite_rows, weight, math.nan)
     if rank:
         out = torch.empty_like(out).scatter(1, perm, out)
     return out, perm, block, weight
@@ -511,12 +513,17 @@ def _block_sums(g: Tensor, block: Tensor) -> Tensor:
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     ctx.save_for_backward(*output)
-    ctx.params = inputs[1:]
+    ctx.params = inputs[1:4]  # strength, regularization, rank
+    ctx.set_materialize_grads(False)  # perm, block and weight get no gradient: no zeros for them
 
 
-def _saved_backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None]:
+def _saved_backward(
+    ctx: Any, grad: Tensor | None, *_: Any
+) -> tuple[Tensor | None, None, None, None, None]:
+    if grad is None:
+        return None, None, None, None, None
     out, perm, block, weight = ctx.saved_tensors
-    return _backward(grad, (out, perm, block, weight), *ctx.params), None, None, None
+    return _backward(grad, (out, perm, block, weight), *ctx.params), None, None, None, None
 
 
 def _vmap_rows(
@@ -543,9 +550,9 @@ class _IsotonicFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: Tensor, strength: float, regularization: str, rank: bool
+        x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out, perm, block, weight = _forward(x, strength, regularization, rank)
+        out, perm, block, weight = _forward(x, strength, regularization, rank, finite)
         return out, perm, perm.new_empty(0) if block is None else block, weight
 
     setup_context = staticmethod(_setup_context)
@@ -560,10 +567,10 @@ class _IsotonicFunction(torch.autograd.Function):
 
 @torch.library.custom_op("aot_losses::isotonic_soft_sort", mutates_args=())
 def _isotonic_op(
-    x: Tensor, strength: float, regularization: str, rank: bool
+    x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Entry for ``torch.compile`` (no graph break): ``(out, perm, block, weight)``."""
-    out, perm, block, weight = _forward(x, strength, regularization, rank)
+    out, perm, block, weight = _forward(x, strength, regularization, rank, finite)
     if block is None:
         block = torch.arange(x.shape[1], device=x.device).expand(x.shape).contiguous()
     return out, perm, block, weight
@@ -571,7 +578,7 @@ def _isotonic_op(
 
 @_isotonic_op.register_fake
 def _isotonic_fake(
-    x: Tensor, strength: float, regularization: str, rank: bool
+    x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     index = torch.empty(x.shape, dtype=torch.long, device=x.device)
     return torch.empty_like(x), index, torch.empty_like(index), torch.empty_like(x)
@@ -587,13 +594,16 @@ def _isotonic_vmap(
     return _vmap_rows(_isotonic_op, in_dims, x, *args)
 
 
-def isotonic_soft_sort(x: Tensor, strength: float, regularization: str, *, rank: bool) -> Tensor:
+def isotonic_soft_sort(
+    x: Tensor, strength: float, regularization: str, *, rank: bool, finite: bool = False
+) -> Tensor:
     """Ascending soft sort (or soft rank) of the rows of a 2-D floating tensor ``x``.
 
     float16 and bfloat16 are computed in float32 and cast back. No argument checks: the public
-    :func:`aot_losses.soft_sort` and :func:`aot_losses.soft_rank` do them.
+    :func:`aot_losses.soft_sort` and :func:`aot_losses.soft_rank` do them (``finite``: they
+    have checked that ``x`` holds no NaN or infinity).
     """
     compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
     entry = _isotonic_op if torch.compiler.is_compiling() else _IsotonicFunction.apply
-    out: Tensor = entry(compute, strength, regularization, rank)[0]  # type: ignore[no-untyped-call]
+    out: Tensor = entry(compute, strength, regularization, rank, finite)[0]  # type: ignore[no-untyped-call]
     return out.to(x.dtype)
