@@ -458,12 +458,12 @@ def _forward(
     (``finite``: the caller has checked that there are none).
     """
     values, perm = torch.sort(-x, dim=1, descending=True)
-    ends = None
+    finite_rows = None  # None: every row is finite
     if not finite:  # NaN sorts first and infinities to the ends: the end columns tell
         ends = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
-    finite_rows = None if ends is None or bool(ends.all()) else ends
-    if finite_rows is not None:
-        values, perm = torch.sort(-torch.where(finite_rows, x, 0), dim=1, descending=True)
+        if not bool(ends.all()):
+            finite_rows = ends
+            values, perm = torch.sort(-torch.where(ends, x, 0), dim=1, descending=True)
     problem = _Problem("rank" if rank else "sort", regularization, strength)
     out, weight, block = _solve(problem, -values)
     if finite_rows is not None:
