@@ -124,6 +124,25 @@ def test_gradcheck_float64(penalty, paired):
     )
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"sort": "soft"}, {"sort": "soft", "regularization": "kl"}],
+    ids=["hard", "soft l2", "soft kl"],
+)
+@pytest.mark.parametrize("paired", [True, False])
+def test_second_derivatives_are_exact(options, paired):
+    gen = torch.Generator().manual_seed(11)
+    n, m = 6, 6 if paired else 4
+    pc = torch.randn(n, dtype=torch.float64, generator=gen, requires_grad=True)
+    pr = torch.randn(m, dtype=torch.float64, generator=gen, requires_grad=True)
+    rc, rr = torch.randn(n, dtype=torch.float64), torch.randn(m, dtype=torch.float64)
+    loss = aot_paired_loss if paired else aot_unpaired_loss
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: loss(a, b, rc, rr, beta=0.7, regularization_strength=0.5, **options),
+        (pc, pr),
+    )
+
+
 def test_gradient_flows_to_policy_only_through_sorted_positions():
     pc = torch.tensor([-1.0, -3.0], dtype=torch.float64, requires_grad=True)
     pr = torch.tensor([-2.0, -2.0], dtype=torch.float64)

@@ -323,6 +323,69 @@ def test_gradcheck(stage: str, reg: str, rank: bool) -> None:
             )
 
 
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("rank", [False, True])
+def test_second_derivatives_are_exact(stage: str, reg: str, rank: bool) -> None:
+    """gradgradcheck (double backward), and forward mode: ``jacfwd`` equals ``jacrev`` and
+    ``torch.func.hessian`` (forward over reverse) equals the double-backward Hessian."""
+    x = _inputs("random", (2, 7), seed=3).requires_grad_()
+    weights = torch.arange(7, dtype=torch.float64)
+    for s in (0.3, 1.0, 5.0):
+
+        def fn(t: torch.Tensor, s: float = s) -> torch.Tensor:
+            return _soft(rank)(t, regularization=reg, regularization_strength=s)
+
+        def scalar(t: torch.Tensor, fn: SoftFn = fn) -> torch.Tensor:
+            return (fn(t) * weights).sum()
+
+        with _stage(stage):
+            assert torch.autograd.gradgradcheck(fn, (x,))
+            torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.func.jacrev(fn)(x))
+            row = x[0].detach()
+            torch.testing.assert_close(
+                torch.func.hessian(scalar)(row), torch.autograd.functional.hessian(scalar, row)
+            )
+
+
+def test_kl_hessian_row_matches_finite_differences() -> None:
+    """The case that used to give zeros: the Hessian of ``soft_sort(x, "kl")[0]`` at (0, 3, 5)
+    against central differences of the gradient."""
+    x = torch.tensor([0.0, 3.0, 5.0], dtype=torch.float64)
+
+    def first(t: torch.Tensor) -> torch.Tensor:
+        return soft_sort(t, regularization="kl")[0]
+
+    def grad(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone().requires_grad_()
+        return torch.autograd.grad(first(t), t)[0]
+
+    eps, eye = 1e-5, torch.eye(3, dtype=torch.float64)
+    numeric = torch.stack([(grad(x + eps * e) - grad(x - eps * e)) / (2 * eps) for e in eye])
+    hessian = torch.autograd.functional.hessian(first, x)
+    torch.testing.assert_close(hessian, numeric, rtol=1e-6, atol=1e-8)
+    assert hessian[0].abs().max() > 0.04  # about (-0.051, 0.045, 0.006)
+
+
+@pytest.mark.parametrize(
+    ("backend", "reg"), [("torchsort", "kl"), ("sinkhorn", "l2")], ids=["torchsort", "sinkhorn"]
+)
+def test_first_order_backends_refuse_double_backward(backend: str, reg: str) -> None:
+    """Their backward is first order only: differentiating it again raises, never zeros."""
+    if backend == "torchsort":
+        pytest.importorskip("torchsort")
+    x = torch.tensor([0.0, 3.0, 5.0], dtype=torch.float64, requires_grad=True)
+    out = soft_sort(x, regularization=reg, backend=backend, regularization_strength=2.0)
+    (grad,) = torch.autograd.grad(out[0], x)  # first order works
+    assert torch.isfinite(grad).all()
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(
+            soft_sort(x, regularization=reg, backend=backend, regularization_strength=2.0)[0],
+            x,
+            create_graph=True,
+        )
+
+
 def test_hard_sort_values_and_gradient() -> None:
     x = torch.tensor([[3.0, 1.0, 2.0], [0.0, -1.0, 5.0]], requires_grad=True)
     out = hard_sort(x, descending=True)

@@ -128,10 +128,9 @@ class _Problem:
         """Statistic of each segment: ``out[k]`` reduces ``z`` where ``ids == k`` (flat)."""
         z, ids = z.reshape(-1), ids.reshape(-1)
         if not self.lse:
-            return z.new_zeros(size).index_add_(0, ids, z)
-        top = z.new_full((size,), -math.inf).scatter_reduce_(0, ids, z, "amax")
-        total = z.new_zeros(size).index_add_(0, ids, torch.exp(z - top[ids]))
-        return top + torch.log(total)
+            return z.new_zeros(size).index_add(0, ids, z)
+        top = _segment_max(z, ids, size)
+        return top + torch.log(z.new_zeros(size).index_add(0, ids, torch.exp(z - top[ids])))
 
 
 @dataclass
@@ -474,29 +473,74 @@ def _forward(
     return out, perm, block, weight
 
 
+def _segment_max(z: Tensor, ids: Tensor, size: int) -> Tensor:
+    """Largest ``z`` of each segment (flat ``z`` and ``ids``), without a gradient: a shift that
+    keeps ``exp`` in range and cancels from every log-sum-exp and softmax it stabilizes."""
+    empty = z.new_full((size,), -math.inf)
+    return empty.scatter_reduce(0, ids, z.detach(), "amax")
+
+
+def _jacobian_weight(
+    problem: _Problem, x: Tensor, perm: Tensor, block: Tensor, weight: Tensor
+) -> Tensor:
+    """The per-position factor ``w`` of the block-structured Jacobian, as a differentiable
+    function of ``x`` so that the backward and forward-mode passes differentiate again.
+
+    l2: ``w = 1 / |B|``, constant (the saved ``weight``). kl: the softmax over the block of the
+    statistic's data ``z`` (``-a`` for sort, ``a / s`` for rank), recomputed from ``x``; rows
+    that were not finite keep their NaN weight. An empty ``block`` (singletons) has ``w = 1``.
+    """
+    if not problem.lse or block.numel() == 0:
+        return weight
+    rows, n = x.shape
+    ids = (block + torch.arange(0, rows * n, n, device=x.device)[:, None]).view(-1)
+    z = problem.data(x.gather(1, perm).to(torch.float64)).reshape(-1)
+    shifted = torch.exp(z - _segment_max(z, ids, rows * n)[ids])
+    total = shifted.new_zeros(rows * n).index_add(0, ids, shifted)
+    w = (shifted / total[ids]).view(rows, n).to(weight.dtype)
+    return torch.where(weight.isnan(), weight, w)
+
+
 def _backward(
-    grad: Tensor,
-    saved: tuple[Tensor, Tensor, Tensor, Tensor],
-    strength: float,
-    regularization: str,
-    rank: bool,
+    grad: Tensor, saved: tuple[Tensor, ...], strength: float, regularization: str, rank: bool
 ) -> Tensor:
     """Vector-Jacobian product through the block structure, in O(n) memory.
 
     Sort: ``d out_i / d a_j = w_j`` when ``i, j`` share a block (else 0), so
     ``grad_a = w * sum_B(g)``. Rank: ``d r_i / d a_j = (delta_ij - w_j) / s`` (l2; times
     ``r_i`` for kl), so ``grad_a = (h - w * sum_B(h)) / s`` with ``h = g`` (l2) or ``g * r``.
-    The sorting permutation maps ``grad_a`` back to the input's positions.
+    The sorting permutation maps ``grad_a`` back to the input's positions. Every step is a
+    differentiable function of ``grad``, ``x`` and ``out``, so second derivatives are exact.
     """
-    out, perm, block, weight = saved
+    x, out, perm, block, weight = saved
+    problem = _Problem("rank" if rank else "sort", regularization, strength)
+    w = _jacobian_weight(problem, x, perm, block, weight)
     if rank:
         h = grad.gather(1, perm)
         if regularization == "kl":
             h = h * out.gather(1, perm)
-        grad_a = (h - weight * _block_sums(h, block)) / strength
+        grad_a = (h - w * _block_sums(h, block)) / strength
     else:
-        grad_a = weight * _block_sums(grad, block)
-    return torch.empty_like(grad_a).scatter(1, perm, grad_a)
+        grad_a = w * _block_sums(grad, block)
+    return torch.zeros_like(grad_a).scatter(1, perm, grad_a)
+
+
+def _jvp(
+    tangent: Tensor, saved: tuple[Tensor, ...], strength: float, regularization: str, rank: bool
+) -> Tensor:
+    """Jacobian-vector product, the transpose of :func:`_backward`: with ``t`` the tangent of
+    the sorted input, sort ``out_t = sum_B(w * t)``; rank ``r_t = (t - sum_B(w * t)) / s``
+    (times ``r`` for kl), scattered back to the input's positions."""
+    x, out, perm, block, weight = saved
+    problem = _Problem("rank" if rank else "sort", regularization, strength)
+    w = _jacobian_weight(problem, x, perm, block, weight)
+    t = tangent.gather(1, perm)
+    if not rank:
+        return _block_sums(w * t, block)
+    r_t = (t - _block_sums(w * t, block)) / strength
+    if regularization == "kl":
+        r_t = r_t * out.gather(1, perm)
+    return torch.zeros_like(r_t).scatter(1, perm, r_t)
 
 
 def _block_sums(g: Tensor, block: Tensor) -> Tensor:
@@ -506,14 +550,17 @@ def _block_sums(g: Tensor, block: Tensor) -> Tensor:
         return g
     rows, n = g.shape
     ids = (block + torch.arange(0, rows * n, n, device=g.device)[:, None]).view(-1)
-    return (
-        g.new_zeros(rows * n).index_add_(0, ids, g.reshape(-1)).index_select(0, ids).view(rows, n)
-    )
+    sums = g.new_zeros(rows * n).index_add(0, ids, g.reshape(-1))
+    return sums.index_select(0, ids).view(rows, n)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    ctx.save_for_backward(*output)
-    ctx.params = inputs[1:4]  # strength, regularization, rank
+    x, strength, regularization, rank, _ = inputs
+    out, perm, block, weight = output
+    ctx.mark_non_differentiable(perm, block, weight)
+    ctx.save_for_backward(x, out, perm, block, weight)
+    ctx.save_for_forward(x, out, perm, block, weight)
+    ctx.params = (strength, regularization, rank)
     ctx.set_materialize_grads(False)  # perm, block and weight get no gradient: no zeros for them
 
 
@@ -522,8 +569,11 @@ def _saved_backward(
 ) -> tuple[Tensor | None, None, None, None, None]:
     if grad is None:
         return None, None, None, None, None
-    out, perm, block, weight = ctx.saved_tensors
-    return _backward(grad, (out, perm, block, weight), *ctx.params), None, None, None, None
+    return _backward(grad, ctx.saved_tensors, *ctx.params), None, None, None, None
+
+
+def _saved_jvp(ctx: Any, tangent: Tensor, *_: Any) -> tuple[Tensor, None, None, None]:
+    return _jvp(tangent, ctx.saved_tensors, *ctx.params), None, None, None
 
 
 def _vmap_rows(
@@ -557,6 +607,7 @@ class _IsotonicFunction(torch.autograd.Function):
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_saved_backward)
+    jvp = staticmethod(_saved_jvp)
 
     @staticmethod
     def vmap(

@@ -24,7 +24,8 @@ The gradient is exact at convergence, by implicit differentiation of the fixed p
 ``g = Phi(g, x)`` of one Sinkhorn iteration on the column potential ``g``: at the fixed point
 ``dPhi/dg = n^2 P^T P`` (symmetric, eigenvalue 1 along constants, which do not change the plan),
 so the adjoint ``(I - n^2 P^T P + 1 1^T / n) lambda = u`` is solved directly, ``O(n^3)`` per row;
-memory stays ``O(n^2)`` instead of ``O(iterations * n^2)`` for unrolled differentiation.
+memory stays ``O(n^2)`` instead of ``O(iterations * n^2)`` for unrolled differentiation. That
+gradient is first order only: a backward under ``create_graph=True`` raises ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from ._first_order import first_order_only
 
 Targets = Literal["sorted", "grid"]
 
@@ -140,5 +143,6 @@ def sinkhorn_soft_sort(
     if x.shape[-1] == 1:
         return x.clone()
     compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    compute = first_order_only(compute, "backend='sinkhorn'")
     out: Tensor = _SinkhornSort.apply(compute, epsilon, max_iter, tol, targets)  # type: ignore[no-untyped-call]
     return out.to(x.dtype)

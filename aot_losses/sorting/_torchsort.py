@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._first_order import first_order_only
+
 
 def _import_torchsort() -> Any:
     try:
@@ -27,6 +29,9 @@ def _import_torchsort() -> Any:
 def torchsort_soft(x: Tensor, strength: float, regularization: str, *, rank: bool) -> Tensor:
     """torchsort's ascending ``soft_sort`` (or ``soft_rank``) of the rows of a 2-D ``x``.
 
+    Second derivatives: exact (zero) for ``"l2"``; for ``"kl"`` a backward under
+    ``create_graph=True`` raises ``RuntimeError`` (torchsort's would be silently wrong).
+
     Raises:
         ImportError: torchsort is not installed.
         TypeError: ``x`` is float16 or bfloat16 (torchsort has no bfloat16 kernel and hangs on
@@ -40,5 +45,7 @@ def torchsort_soft(x: Tensor, strength: float, regularization: str, *, rank: boo
         )
     torchsort = _import_torchsort()
     fn = torchsort.soft_rank if rank else torchsort.soft_sort
+    if regularization == "kl":  # its KL backward is not differentiable again, silently
+        x = first_order_only(x, "backend='torchsort' with regularization='kl'")
     out: Tensor = fn(x, regularization=regularization, regularization_strength=strength)
     return out
