@@ -284,7 +284,9 @@ def _sorted_atoms(
 ) -> tuple[Tensor, Tensor]:
     """``x`` sorted (hard when ``sort_values`` is None) and the float64 cumulative weights of its
     atoms in sorted order (integers when uniform). Weights are data, not parameters: they are
-    not differentiated."""
+    not differentiated. They are divided by their largest first, so that their cumulative sums
+    lie in [0, n] and the grid products of :func:`_merged_grid` neither overflow nor underflow
+    whatever the weights' scale."""
     if weights is None:
         n = x.shape[-1]
         cumulative = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
@@ -293,6 +295,7 @@ def _sorted_atoms(
     if sort_values is not None:
         values = sort_values(x)
     sorted_weights = weights.detach().to(torch.float64).expand_as(x).gather(-1, order)
+    sorted_weights = sorted_weights / sorted_weights.amax(-1, keepdim=True)
     return values, torch.cumsum(sorted_weights, dim=-1)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from aot_losses import ot_1d
@@ -277,6 +277,28 @@ def test_invariant_to_scaling_the_weights(sample, scale):
     u, v, a, b = sample
     base = ot_1d(u, v, "least_squares", u_weights=a, v_weights=b)
     assert_close(ot_1d(u, v, "least_squares", u_weights=a * scale, v_weights=b), base)
+
+
+@given(
+    sample=float64_samples(),
+    exponents=st.tuples(st.integers(-320, 307), st.integers(-320, 307)),
+)
+def test_cost_does_not_depend_on_the_weights_scale(sample, exponents):
+    """Weights "need not sum to 1": scales across float64's whole range (down to subnormals)
+    give the same cost; the grid products once overflowed or underflowed to a cost of 0."""
+    u, v, a, b = sample
+    scale_a, scale_b = (10.0**e for e in exponents)
+    scaled_a, scaled_b = a * scale_a, b * scale_b
+    assume(bool(scaled_a.sum() > 0) and bool(scaled_b.sum() > 0))  # not flushed to zero
+    base = ot_1d(u, v, "least_squares", u_weights=a, v_weights=b)
+    got = ot_1d(u, v, "least_squares", u_weights=scaled_a, v_weights=scaled_b)
+    # a subnormal weight keeps fewer digits: the cost is that of the rounded weights
+    rounded = ot_1d(
+        u, v, "least_squares", u_weights=scaled_a / scale_a, v_weights=scaled_b / scale_b
+    )
+    assert_close(got, rounded)
+    if min(exponents) > -300:
+        assert_close(got, base)
 
 
 @given(sample=float64_samples(), share=st.floats(0.0, 1.0))
