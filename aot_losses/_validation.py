@@ -44,7 +44,7 @@ def get_value_checks() -> ValueChecks:
     return _value_checks
 
 
-def _values_checked(x: Tensor) -> bool:
+def values_checked(x: Tensor) -> bool:
     if _value_checks == "never" or torch.compiler.is_compiling():
         return False
     if torch._C._are_functorch_transforms_active():  # vmap/grad: values are not concrete
@@ -173,7 +173,7 @@ def check_finite(x: Tensor, name: str, parts: dict[str, Tensor] | None = None) -
     not finite are the elements of ``parts``, the tensors ``x`` was computed from (default:
     ``x`` itself), inspected to name the culprit.
     """
-    if not _values_checked(x):
+    if not values_checked(x):
         return False
     total = x.sum(dtype=torch.float64)
     if bool(total - total == 0):
@@ -208,7 +208,7 @@ def check_weights(
             f"{name} must broadcast against {like_name} of shape {tuple(like.shape)}; "
             f"got shape {tuple(w.shape)}"
         )
-    if _values_checked(w):
+    if values_checked(w):
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"{name} must be finite; got NaN or infinite weights")
         if bool((w < 0).any()):

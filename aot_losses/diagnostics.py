@@ -3,16 +3,29 @@
 All quantiles are the left-continuous inverse CDF Q(t) = inf{x : F(x) >= t} of the (weighted)
 empirical measure, the same Q that :func:`aot_losses.ot_1d` integrates. The functions take
 tensors of shape ``(n,)`` and ``(m,)`` (any n, m), read no gradients, and return tensors.
+
+NaN and infinity: one policy, the losses' (``docs/errors.md``). Non-finite samples raise
+``ValueError`` naming the argument when value checks run (on CPU by default); when they do not,
+a NaN sample makes the result NaN, never a verdict of dominance.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ._validation import check_same_device, check_tensor, check_weights
+from ._validation import (
+    values_checked,
+    check_finite,
+    check_same_device,
+    check_tensor,
+    check_weights,
+    describe,
+)
 from .ot import ot_1d
 from .penalties import PenaltyLike
 
@@ -31,24 +44,29 @@ __all__ = [
 ]
 
 
-def quantiles(x: Tensor, levels: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Q_x(t) = inf{y : F_x(y) >= t} at each level t in (0, 1].
+def quantiles(x: Tensor, levels: Tensor | Sequence[float], weights: Tensor | None = None) -> Tensor:
+    """Q_x(t) = inf{y : F_x(y) >= t} at each level t in [0, 1] (t = 0 gives the smallest sample).
 
     Args:
         x: samples, shape ``(n,)``.
-        levels: levels t, shape ``(L,)``, in (0, 1].
+        levels: levels t, shape ``(L,)``: a tensor or a sequence of floats, in [0, 1].
         weights: nonnegative weights of ``x``, shape ``(n,)``; ``None``: uniform.
 
     Returns:
-        Shape ``(L,)``, in ``x``'s dtype.
+        Shape ``(L,)``, in ``x``'s dtype; all NaN if ``x`` holds NaN and value checks are off.
+
+    Raises:
+        ValueError: ``x`` is not 1-D or empty, levels outside [0, 1], bad weights; non-finite
+            samples (a value check: see :func:`aot_losses.set_value_checks`).
+        TypeError: non-floating ``x``, levels neither a tensor nor a sequence of numbers.
 
     Example:
         >>> import torch
-        >>> quantiles(torch.tensor([3.0, 1.0, 2.0, 4.0]), torch.tensor([0.25, 0.5, 0.51, 1.0]))
+        >>> quantiles(torch.tensor([3.0, 1.0, 2.0, 4.0]), [0.25, 0.5, 0.51, 1.0])
         tensor([1., 2., 3., 4.])
     """
-    x = check_tensor(x, "x", ndim=1).detach()
-    check_same_device({"x": x, "levels": levels})
+    x = _samples(x, "x")
+    levels = quantile_levels(levels, x.device)
     values, order = torch.sort(x)
     if weights is None:
         cumulative = torch.arange(1, len(x) + 1, dtype=torch.float64, device=x.device) / len(x)
@@ -57,24 +75,47 @@ def quantiles(x: Tensor, levels: Tensor, weights: Tensor | None = None) -> Tenso
         cumulative = torch.cumsum(weights[order], 0)
         cumulative = cumulative / cumulative[-1]
     index = torch.searchsorted(cumulative, levels.to(torch.float64) - 1e-12)
-    return values[index.clamp_(max=len(x) - 1)]
+    q = values[index.clamp_(max=len(x) - 1)]
+    return torch.where(x.isnan().any(), math.nan, q)  # unchecked NaN: NaN, never a verdict
 
 
-def quantile_levels(levels: int | Tensor, device: torch.device | None = None) -> Tensor:
-    """``levels`` evenly spaced interior levels i / (levels + 1), or a given tensor checked to
-    lie in (0, 1]."""
+def quantile_levels(
+    levels: int | Tensor | Sequence[float], device: torch.device | None = None
+) -> Tensor:
+    """``levels`` evenly spaced interior levels i / (levels + 1) in float64, or the given levels
+    (a tensor or a sequence of floats) checked to lie in [0, 1], on ``device``.
+
+    Raises:
+        ValueError: fewer than one level, levels not 1-D, outside [0, 1] or NaN.
+        TypeError: levels neither an int, a tensor nor a sequence of numbers.
+
+    Example:
+        >>> quantile_levels(3)
+        tensor([0.2500, 0.5000, 0.7500], dtype=torch.float64)
+    """
     if isinstance(levels, int) and not isinstance(levels, bool):
         if levels < 1:
             raise ValueError(f"levels must be a positive number of levels; got {levels}")
         return torch.arange(1, levels + 1, dtype=torch.float64, device=device) / (levels + 1)
-    levels = check_tensor(levels, "levels", ndim=1)
-    if not bool(((levels > 0) & (levels <= 1)).all()):
-        raise ValueError("levels must lie in (0, 1]")
+    if not isinstance(levels, Tensor):
+        try:
+            levels = torch.tensor(levels, dtype=torch.float64, device=device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"levels must be a number of levels, a tensor or a sequence of floats; got "
+                f"{describe(levels)}"
+            ) from error
+    levels = check_tensor(levels, "levels", ndim=1).to(device)
+    if values_checked(levels) and not bool(((levels >= 0) & (levels <= 1)).all()):
+        raise ValueError(
+            f"levels must lie in [0, 1]; got minimum {float(levels.min())} and maximum "
+            f"{float(levels.max())}"
+        )
     return levels
 
 
 def quantile_curves(
-    u: Tensor, v: Tensor, levels: int | Tensor = 99
+    u: Tensor, v: Tensor, levels: int | Tensor | Sequence[float] = 99
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Quantile curves of two samples at common levels.
 
@@ -87,13 +128,15 @@ def quantile_curves(
         >>> qu, qv
         (tensor([1., 1., 2.]), tensor([0., 0., 5.]))
     """
+    u, v = _samples(u, "u"), _samples(v, "v")
+    check_same_device({"u": u, "v": v})
     t = quantile_levels(levels, u.device)
     return t, quantiles(u, t), quantiles(v, t)
 
 
-def fsd_violation(u: Tensor, v: Tensor, levels: int | Tensor = 99) -> Tensor:
+def fsd_violation(u: Tensor, v: Tensor, levels: int | Tensor | Sequence[float] = 99) -> Tensor:
     """Share of quantile levels t where Q_u(t) < Q_v(t): 0 when u dominates v (first order)
-    at those levels, 1 when v dominates u everywhere.
+    at those levels, 1 when v dominates u everywhere; NaN (never 0) for unchecked NaN samples.
 
     Example:
         >>> import torch
@@ -101,7 +144,16 @@ def fsd_violation(u: Tensor, v: Tensor, levels: int | Tensor = 99) -> Tensor:
         tensor(0.5000, dtype=torch.float64)
     """
     _, qu, qv = quantile_curves(u, v, levels)
-    return (qu < qv).to(torch.float64).mean()
+    share = (qu < qv).to(torch.float64).mean()
+    return torch.where(qu.isnan().any() | qv.isnan().any(), math.nan, share)
+
+
+def _samples(x: Tensor, name: str) -> Tensor:
+    """A diagnostic's 1-D samples, detached; non-finite values raise when value checks run
+    (the same policy as the losses: see :func:`aot_losses.set_value_checks`)."""
+    x = check_tensor(x, name, ndim=1).detach()
+    check_finite(x, name)
+    return x
 
 
 def _violation_area(x: Tensor) -> Tensor:

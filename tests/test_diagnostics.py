@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import aot_losses
 from aot_losses.diagnostics import (
     almost_fsd_ratio,
     fsd_violation,
@@ -88,8 +89,13 @@ def test_quantile_curves_levels_and_errors():
     t, qu, qv = quantile_curves(torch.randn(10), torch.randn(3), levels=9)
     assert_close(t, torch.arange(1, 10, dtype=torch.float64) / 10)
     assert qu.shape == qv.shape == (9,)
-    with pytest.raises(ValueError, match="levels must lie in"):
-        quantile_curves(torch.randn(3), torch.randn(3), levels=torch.tensor([0.0, 0.5]))
+    for bad in ([-0.1, 0.5], [0.5, 1.5], [math.nan]):
+        with pytest.raises(ValueError, match=r"levels must lie in \[0, 1\]"):
+            quantile_curves(torch.randn(3), torch.randn(3), levels=torch.tensor(bad))
+        with pytest.raises(ValueError, match=r"levels must lie in \[0, 1\]"):
+            quantiles(torch.randn(3), bad)
+    with pytest.raises(TypeError, match="levels must be a number of levels, a tensor or"):
+        quantiles(torch.randn(3), "median")
     with pytest.raises(ValueError, match="levels must be a positive number of levels; got 0"):
         quantile_curves(torch.randn(3), torch.randn(3), levels=0)
 
@@ -103,3 +109,39 @@ def test_plot_quantile_curves_writes_a_figure(tmp_path):
     path = tmp_path / "q.png"
     ax.figure.savefig(path)
     assert path.stat().st_size > 0
+
+
+def test_levels_as_lists_and_the_ends_of_the_unit_interval():
+    x = torch.tensor([3.0, 1.0, 2.0, 4.0], dtype=torch.float64)
+    levels = [0.0, 0.25, 0.5, 1.0]
+    assert_close(quantiles(x, levels), quantiles(x, torch.tensor(levels)))
+    assert_close(quantiles(x, levels), torch.tensor([1.0, 1.0, 2.0, 4.0], dtype=torch.float64))
+
+
+DIAGNOSTICS = {
+    "quantiles": lambda u, v: (quantiles(u, [0.1, 0.9]), quantiles(v, [0.1, 0.9])),
+    "quantile_curves": lambda u, v: quantile_curves(u, v, 9)[1:],
+    "fsd_violation": fsd_violation,
+    "ot_violation": ot_violation,
+    "almost_fsd_ratio": almost_fsd_ratio,
+}
+
+
+@pytest.mark.parametrize("name", list(DIAGNOSTICS))
+@pytest.mark.parametrize("side", [0, 1])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_one_non_finite_policy_across_the_diagnostics(name, side, bad):
+    """Checked: a ValueError naming the sample. Unchecked: NaN samples give NaN, never a
+    verdict (fsd_violation used to say 0.0, "dominates", for a NaN sample)."""
+    samples = [torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-1.0, 0.5])]
+    samples[side][1] = bad
+    with pytest.raises(ValueError, match="must be finite"):
+        DIAGNOSTICS[name](*samples)
+    if math.isnan(bad):
+        aot_losses.set_value_checks("never")
+        try:
+            result = DIAGNOSTICS[name](*samples)
+            curve = result[side] if isinstance(result, tuple) else result  # the NaN side's
+            assert bool(torch.isnan(curve).all())
+        finally:
+            aot_losses.set_value_checks("auto")
