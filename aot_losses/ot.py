@@ -320,8 +320,8 @@ def _merged_grid(cum_u: Tensor, cum_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     def merge(at_u: Tensor, at_v: Tensor) -> Tensor:
         # zeros, not empty: with value checks off, negative weights (unsorted grids) can leave
         # slots unfilled; the result is then meaningless, but every index stays in range
-        out = at_u.new_zeros(shape).scatter_(-1, slot_u, at_u)
-        return out.scatter_(-1, slot_v, at_v)
+        # out of place: torch.vmap cannot scatter a batched tensor into an unbatched one
+        return at_u.new_zeros(shape).scatter(-1, slot_u, at_u).scatter(-1, slot_v, at_v)
 
     grid = merge(grid_u, grid_v)
     lengths = torch.diff(grid, dim=-1, prepend=torch.zeros_like(grid[..., :1]))

@@ -180,3 +180,22 @@ def test_low_precision_close_to_float64(dtype):
     rounded = aot_unpaired_loss(*[t.to(dtype).double() for t in tensors], beta=1.0)
     assert_close(got, rounded, dtype)
     assert abs(float(got) - float(exact)) < 0.1
+
+
+@pytest.mark.parametrize("sort", ["hard", "soft"])
+@pytest.mark.parametrize("paired", [True, False])
+def test_vmap_with_weights_equals_a_loop_over_rows(sort, paired):
+    """The weighted path is functional (it once scattered in place, which vmap refuses)."""
+    gen = torch.Generator().manual_seed(12)
+    pc, pr, rc, rr = (torch.randn(3, 5, dtype=torch.float64, generator=gen) for _ in range(4))
+    w = torch.rand(3, 5, dtype=torch.float64, generator=gen)
+
+    def loss(a, b, c, d, weights):
+        if paired:
+            return aot_paired_loss(a, b, c, d, weights=weights, sort=sort)
+        return aot_unpaired_loss(a, b[:3], c, d[:3], chosen_weights=weights, sort=sort)
+
+    rows = [loss(pc[i], pr[i], rc[i], rr[i], w[i]) for i in range(3)]
+    assert_close(torch.vmap(loss)(pc, pr, rc, rr, w), torch.stack(rows))
+    grads = [torch.func.grad(loss)(pc[i], pr[i], rc[i], rr[i], w[i]) for i in range(3)]
+    assert_close(torch.vmap(torch.func.grad(loss))(pc, pr, rc, rr, w), torch.stack(grads))
