@@ -17,13 +17,14 @@ from .losses import aot_paired_loss, aot_unpaired_loss
 from .nn import AOTPairedLoss, AOTUnpairedLoss
 from .ot import ot_1d
 from .penalties import get_penalty
-from .sorting import hard_sort, soft_rank, soft_sort
+from .sorting import SoftSort, hard_sort, soft_rank, soft_sort
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AOTPairedLoss",
     "AOTUnpairedLoss",
+    "SoftSort",
     "__version__",
     "aot_paired_loss",
     "aot_unpaired_loss",

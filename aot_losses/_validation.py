@@ -11,6 +11,8 @@ Two kinds of checks:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from typing import Literal, get_args
 
@@ -67,22 +69,36 @@ def check_choice(value: object, name: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {expected}; got {value!r}")
 
 
+def check_real(value: object, name: str, expected: str) -> float:
+    """Raise ``TypeError`` unless ``value`` is a real number of any kind (Python, NumPy or
+    ``fractions``; not a bool); return it as a float. ``expected`` says what is wanted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}; got {describe(value)}")
+    return float(value)
+
+
+def check_int(value: object, name: str, expected: str = "an int") -> int:
+    """Raise ``TypeError`` unless ``value`` is an integer of any kind (Python or NumPy; not a
+    bool); return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {expected}; got {describe(value)}")
+    return int(value)
+
+
 def check_positive(value: object, name: str) -> float:
     """Raise unless ``value`` is a finite real number > 0; return it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive real number; got {describe(value)}")
-    if not (value > 0 and value < float("inf")):
+    number = check_real(value, name, "a positive real number")
+    if not (number > 0 and number < math.inf):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return float(value)
+    return number
 
 
 def check_label_smoothing(value: object) -> float:
     """Raise unless ``0 <= value < 0.5`` (conservative label smoothing as in cDPO)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"label_smoothing must be a real number in [0, 0.5); got {describe(value)}")
-    if not 0.0 <= value < 0.5:
+    number = check_real(value, "label_smoothing", "a real number in [0, 0.5)")
+    if not 0.0 <= number < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5); got {value!r}")
-    return float(value)
+    return number
 
 
 def check_tensor(

@@ -15,6 +15,8 @@ With margins m = (log pi(y+|x) - log pi(y-|x)) - (log pi_ref(y+|x) - log pi_ref(
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,17 +27,23 @@ from ._validation import (
     check_label_smoothing,
     check_logps,
     check_positive,
+    check_real,
     check_reduction,
+    check_same_device,
     check_tensor,
     reduce,
 )
 
 __all__ = [
     "dpo_loss",
+    "dpo_options",
     "ipo_loss",
+    "ipo_options",
     "kto_loss",
+    "kto_options",
     "preference_margins",
     "slic_loss",
+    "slic_options",
 ]
 
 
@@ -88,14 +96,27 @@ def dpo_loss(
         >>> dpo_loss(zero, zero, zero, zero)
         tensor(0.6931)
     """
+    beta, eps, reduction = dpo_options(
+        beta=beta, label_smoothing=label_smoothing, reduction=reduction
+    )
     margins = preference_margins(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    beta = check_positive(beta, "beta")
-    eps = check_label_smoothing(label_smoothing)
     logits = beta * margins
     losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-    return reduce(losses, check_reduction(reduction))
+    return reduce(losses, reduction)
+
+
+def dpo_options(
+    *, beta: object, label_smoothing: object, reduction: object
+) -> tuple[float, float, Reduction]:
+    """The checked options of :func:`dpo_loss` (also run by :class:`aot_losses.nn.DPOLoss` at
+    construction)."""
+    return (
+        check_positive(beta, "beta"),
+        check_label_smoothing(label_smoothing),
+        check_reduction(reduction),
+    )
 
 
 def ipo_loss(
@@ -115,11 +136,16 @@ def ipo_loss(
         >>> ipo_loss(zero, zero, zero, zero, beta=0.5)
         tensor(1.)
     """
+    beta, reduction = ipo_options(beta=beta, reduction=reduction)
     margins = preference_margins(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    beta = check_positive(beta, "beta")
-    return reduce((margins - 1 / (2 * beta)).square(), check_reduction(reduction))
+    return reduce((margins - 1 / (2 * beta)).square(), reduction)
+
+
+def ipo_options(*, beta: object, reduction: object) -> tuple[float, Reduction]:
+    """The checked options of :func:`ipo_loss`."""
+    return check_positive(beta, "beta"), check_reduction(reduction)
 
 
 def slic_loss(
@@ -139,11 +165,16 @@ def slic_loss(
         >>> slic_loss(torch.tensor([0.0, 3.0]), zero, zero, zero)
         tensor(0.5000)
     """
+    margin, reduction = slic_options(margin=margin, reduction=reduction)
     margins = preference_margins(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    margin = check_positive(margin, "margin")
-    return reduce(F.relu(margin - margins), check_reduction(reduction))
+    return reduce(F.relu(margin - margins), reduction)
+
+
+def slic_options(*, margin: object, reduction: object) -> tuple[float, Reduction]:
+    """The checked options of :func:`slic_loss`."""
+    return check_positive(margin, "margin"), check_reduction(reduction)
 
 
 def kto_loss(
@@ -180,6 +211,13 @@ def kto_loss(
         >>> kto_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(3))
         tensor(0.5000)
     """
+    beta, desirable_weight, undesirable_weight, kl, reduction = kto_options(
+        beta=beta,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+        kl=kl,
+        reduction=reduction,
+    )
     tensors = check_logps(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -187,19 +225,16 @@ def kto_loss(
         reference_rejected_logps,
         paired=False,
     )
-    beta = check_positive(beta, "beta")
-    desirable_weight = check_positive(desirable_weight, "desirable_weight")
-    undesirable_weight = check_positive(undesirable_weight, "undesirable_weight")
-    reduction = check_reduction(reduction)
     chosen = policy_chosen_logps - reference_chosen_logps
     rejected = policy_rejected_logps - reference_rejected_logps
     check_finite(torch.cat((chosen, rejected)), "log-ratios", tensors)
     if kl is None:
         reference_point = torch.cat((chosen, rejected)).mean()
     elif isinstance(kl, Tensor):
-        reference_point = check_tensor(kl, "kl", ndim=0).to(chosen.dtype)
+        check_same_device({"policy_chosen_logps": policy_chosen_logps, "kl": kl})
+        reference_point = kl.to(chosen.dtype)
     else:
-        reference_point = torch.tensor(float(kl), dtype=chosen.dtype, device=chosen.device)
+        reference_point = torch.tensor(kl, dtype=chosen.dtype, device=chosen.device)
     z0 = reference_point.detach().clamp(min=0)
     losses = torch.cat(
         (
@@ -208,3 +243,30 @@ def kto_loss(
         )
     )
     return reduce(losses, reduction)
+
+
+def kto_options(
+    *,
+    beta: object,
+    desirable_weight: object,
+    undesirable_weight: object,
+    kl: object,
+    reduction: object,
+) -> tuple[float, float, float, Tensor | float | None, Reduction]:
+    """The checked options of :func:`kto_loss`: ``kl`` is ``None``, a finite real number or a
+    0-D floating tensor (finite: a value check)."""
+    if kl is not None:
+        if isinstance(kl, Tensor):
+            kl = check_tensor(kl, "kl", ndim=0)
+            check_finite(kl, "kl")
+        else:
+            kl = check_real(kl, "kl", "None, a real number or a 0-D tensor")
+            if not math.isfinite(kl):
+                raise ValueError(f"kl must be finite; got {kl!r}")
+    return (
+        check_positive(beta, "beta"),
+        check_positive(desirable_weight, "desirable_weight"),
+        check_positive(undesirable_weight, "undesirable_weight"),
+        kl,
+        check_reduction(reduction),
+    )

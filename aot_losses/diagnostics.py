@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from ._validation import (
-    values_checked,
     check_finite,
     check_same_device,
     check_tensor,
     check_weights,
     describe,
+    values_checked,
 )
 from .ot import ot_1d
 from .penalties import PenaltyLike

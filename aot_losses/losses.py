@@ -9,11 +9,6 @@ Both are the 1-D OT cost :func:`aot_losses.ot_1d` between two samples of margins
 
 Minimizing OT_h(mu_u, mu_v) = integral_0^1 h(Q_u(t) - Q_v(t)) dt pushes the quantiles of u above
 those of v: first-order stochastic dominance of u over v. With the defaults (hard sort, logistic,
-__all__ = [
-    "aot_paired_loss",
-    "aot_unpaired_loss",
-]
-
 n = m, no weights) the loss is the paper's Appendix-B code and TRL's ``"aot"`` /
 ``"aot_unpaired"`` loss: the mean over sorted positions of
 -(1 - eps) log sigma(beta d_i) - eps log sigma(-beta d_i), d = sorted(u) - sorted(v).
@@ -25,17 +20,17 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
-from ._validation import (
-    Reduction,
-    check_finite,
-    check_logps,
-    check_weights,
-)
-from .ot import SortKind, resolve_options, transport
+from ._validation import Reduction, check_finite, check_logps, check_weights
+from .ot import SortLike, TransportOptions, resolve_options, transport
 from .penalties import PenaltyLike
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
+
+__all__ = [
+    "aot_paired_loss",
+    "aot_unpaired_loss",
+]
 
 
 def aot_paired_loss(
@@ -47,7 +42,7 @@ def aot_paired_loss(
     beta: float = 0.01,
     penalty: PenaltyLike = "logistic",
     label_smoothing: float = 0.0,
-    sort: SortKind = "hard",
+    sort: SortLike = "hard",
     regularization_strength: float = 0.1,
     weights: Tensor | None = None,
     process_group: ProcessGroup | None = None,
@@ -98,36 +93,25 @@ def aot_paired_loss(
         >>> aot_paired_loss(pc, pr, rc, rr, beta=1.0)
         tensor(0.4100)
     """
-    h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
-    distributed = process_group is not None
-    tensors = check_logps(
+    options = resolve_options(
+        penalty=penalty,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        sort=sort,
+        regularization=regularization,
+        regularization_strength=regularization_strength,
+        sort_backend=sort_backend,
+        reduction=reduction,
+    )
+    return _aot_loss(
         policy_chosen_logps,
         policy_rejected_logps,
         reference_chosen_logps,
         reference_rejected_logps,
         paired=True,
-        allow_empty=distributed,
-    )
-    if weights is not None:
-        weights = check_weights(
-            weights, "weights", policy_chosen_logps, "the log-probs", allow_zero_sum=distributed
-        )
-    u = policy_chosen_logps - policy_rejected_logps
-    v = reference_chosen_logps - reference_rejected_logps
-    check_finite(u, "u", dict(list(tensors.items())[:2]))
-    check_finite(v, "v", dict(list(tensors.items())[2:]))
-    return transport(
-        u,
-        v,
-        h,
-        weights,
-        weights,
-        sort=sort,
-        regularization=regularization,
-        regularization_strength=regularization_strength,
-        sort_backend=sort_backend,
+        weights=(weights, weights),
+        options=options,
         process_group=process_group,
-        reduction=reduction,
     )
 
 
@@ -140,7 +124,7 @@ def aot_unpaired_loss(
     beta: float = 0.01,
     penalty: PenaltyLike = "logistic",
     label_smoothing: float = 0.0,
-    sort: SortKind = "hard",
+    sort: SortLike = "hard",
     regularization_strength: float = 0.1,
     chosen_weights: Tensor | None = None,
     rejected_weights: Tensor | None = None,
@@ -180,38 +164,64 @@ def aot_unpaired_loss(
         >>> aot_unpaired_loss(pc, pr, rc, rr, beta=1.0, penalty="hinge")
         tensor(0.5000)
     """
-    h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
-    distributed = process_group is not None
-    tensors = check_logps(
+    options = resolve_options(
+        penalty=penalty,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        sort=sort,
+        regularization=regularization,
+        regularization_strength=regularization_strength,
+        sort_backend=sort_backend,
+        reduction=reduction,
+    )
+    return _aot_loss(
         policy_chosen_logps,
         policy_rejected_logps,
         reference_chosen_logps,
         reference_rejected_logps,
         paired=False,
-        allow_empty=distributed,
-    )
-    for name, w, like in (
-        ("chosen_weights", chosen_weights, policy_chosen_logps),
-        ("rejected_weights", rejected_weights, policy_rejected_logps),
-    ):
-        if w is not None:
-            check_weights(w, name, like, "its log-probs", allow_zero_sum=distributed)
-    u = policy_chosen_logps - reference_chosen_logps
-    v = policy_rejected_logps - reference_rejected_logps
-    check_finite(u, "u", {k: tensors[k] for k in ("policy_chosen_logps", "reference_chosen_logps")})
-    check_finite(
-        v, "v", {k: tensors[k] for k in ("policy_rejected_logps", "reference_rejected_logps")}
-    )
-    return transport(
-        u,
-        v,
-        h,
-        chosen_weights,
-        rejected_weights,
-        sort=sort,
-        regularization=regularization,
-        regularization_strength=regularization_strength,
-        sort_backend=sort_backend,
+        weights=(chosen_weights, rejected_weights),
+        options=options,
         process_group=process_group,
-        reduction=reduction,
     )
+
+
+def _aot_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor,
+    reference_rejected_logps: Tensor,
+    *,
+    paired: bool,
+    weights: tuple[Tensor | None, Tensor | None],
+    options: TransportOptions,
+    process_group: ProcessGroup | None,
+) -> Tensor:
+    """Both AOT losses: check the log-probs and the weights of u and v, form the margins
+    (paired: u = pc - pr, v = rc - rr; unpaired: u = pc - rc, v = pr - rr), check them finite
+    (naming the tensor at fault) and transport u onto v."""
+    tensors = check_logps(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        paired=paired,
+        allow_empty=process_group is not None,
+    )
+    names = list(tensors)
+    sides = (names[:2], names[2:]) if paired else (names[0::2], names[1::2])
+
+    def checked(w: Tensor | None, name: str, like: Tensor, like_name: str) -> Tensor | None:
+        if w is None:
+            return None
+        return check_weights(w, name, like, like_name, allow_zero_sum=process_group is not None)
+
+    if paired:  # one weight per pair, for both margins (weights[0] is weights[1])
+        u_weights = v_weights = checked(weights[0], "weights", policy_chosen_logps, "the log-probs")
+    else:
+        u_weights = checked(weights[0], "chosen_weights", policy_chosen_logps, "its log-probs")
+        v_weights = checked(weights[1], "rejected_weights", policy_rejected_logps, "its log-probs")
+    u, v = (tensors[a] - tensors[b] for a, b in sides)
+    check_finite(u, "u", {name: tensors[name] for name in sides[0]})
+    check_finite(v, "v", {name: tensors[name] for name in sides[1]})
+    return transport(u, v, u_weights, v_weights, options, process_group)

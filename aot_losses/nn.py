@@ -18,8 +18,18 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from .baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
+from .baselines import (
+    dpo_loss,
+    dpo_options,
+    ipo_loss,
+    ipo_options,
+    kto_loss,
+    kto_options,
+    slic_loss,
+    slic_options,
+)
 from .losses import aot_paired_loss, aot_unpaired_loss
+from .ot import resolve_options
 
 __all__ = [
     "AOTPairedLoss",
@@ -32,20 +42,30 @@ __all__ = [
 
 
 class _FunctionalLoss(nn.Module):
-    """Holds keyword options of ``function``; ``forward(*tensors, **per_call)`` calls it."""
+    """Holds keyword options of ``function``; ``forward(*tensors, **per_call)`` calls it.
+
+    The options are checked at construction by ``check_options`` (the function's own checks of
+    them, given the function's defaults for the rest), so a bad one fails here, not at the
+    first forward. Tensors and process groups given as options are checked per call.
+    """
 
     function: ClassVar[Callable[..., Tensor]]
+    check_options: ClassVar[Callable[..., object]]
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
         parameters = inspect.signature(type(self).function).parameters.values()
-        known = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+        defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
         for name in options:
-            if name not in known:
+            if name not in defaults:
                 raise TypeError(
                     f"{type(self).__name__} got an unexpected option {name!r}; "
-                    f"expected one of {known}"
+                    f"expected one of {list(defaults)}"
                 )
+        checked = inspect.signature(type(self).check_options).parameters
+        type(self).check_options(
+            **{k: v for k, v in {**defaults, **options}.items() if k in checked}
+        )
         self.options = options
 
     def forward(
@@ -72,33 +92,39 @@ class AOTPairedLoss(_FunctionalLoss):
     """Module form of :func:`aot_losses.aot_paired_loss` (same keyword options)."""
 
     function = staticmethod(aot_paired_loss)
+    check_options = staticmethod(resolve_options)
 
 
 class AOTUnpairedLoss(_FunctionalLoss):
     """Module form of :func:`aot_losses.aot_unpaired_loss` (same keyword options)."""
 
     function = staticmethod(aot_unpaired_loss)
+    check_options = staticmethod(resolve_options)
 
 
 class DPOLoss(_FunctionalLoss):
     """Module form of :func:`aot_losses.baselines.dpo_loss`."""
 
     function = staticmethod(dpo_loss)
+    check_options = staticmethod(dpo_options)
 
 
 class IPOLoss(_FunctionalLoss):
     """Module form of :func:`aot_losses.baselines.ipo_loss`."""
 
     function = staticmethod(ipo_loss)
+    check_options = staticmethod(ipo_options)
 
 
 class SLiCLoss(_FunctionalLoss):
     """Module form of :func:`aot_losses.baselines.slic_loss`."""
 
     function = staticmethod(slic_loss)
+    check_options = staticmethod(slic_options)
 
 
 class KTOLoss(_FunctionalLoss):
     """Module form of :func:`aot_losses.baselines.kto_loss`."""
 
     function = staticmethod(kto_loss)
+    check_options = staticmethod(kto_options)

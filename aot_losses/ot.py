@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -32,20 +33,26 @@ from ._validation import (
     check_same_dtype,
     check_tensor,
     check_weights,
+    describe,
     reduce,
 )
 from .penalties import Penalty, PenaltyLike, get_penalty
-from .sorting import soft_sort
+from .sorting import SoftSort
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 __all__ = [
     "SortKind",
+    "SortLike",
     "ot_1d",
 ]
 
 SortKind = Literal["hard", "soft"]
+#: A sort: ``"hard"``, ``"soft"`` (:class:`~aot_losses.sorting.SoftSort` of the soft-sort
+#: keywords), a :class:`~aot_losses.sorting.SoftSort`, or any callable that returns its input
+#: sorted ascending along the last dimension (same shape and dtype).
+SortLike = SortKind | Callable[[Tensor], Tensor]
 
 
 def ot_1d(
@@ -57,7 +64,7 @@ def ot_1d(
     label_smoothing: float = 0.0,
     u_weights: Tensor | None = None,
     v_weights: Tensor | None = None,
-    sort: SortKind = "hard",
+    sort: SortLike = "hard",
     regularization: Literal["l2", "kl"] = "l2",
     regularization_strength: float = 0.1,
     sort_backend: Literal["torch", "torchsort", "sinkhorn"] = "torch",
@@ -71,18 +78,24 @@ def ot_1d(
         v: samples of the second measure, shape ``(..., m)``, same leading shape, dtype and
             device as ``u``; ``m`` may differ from ``n``.
         penalty: the convex cost h, a name from :mod:`aot_losses.penalties` or an elementwise
-            callable.
+            callable (it must return a floating tensor of its argument's shape).
         beta: scale (logistic) or margin (other named penalties).
         label_smoothing: eps in [0, 0.5) for the logistic penalty.
         u_weights: nonnegative weights of ``u``'s atoms, shape ``(..., n)`` or broadcastable to
-            it; need not sum to 1; zeros allowed. ``None``: uniform.
+            it; need not sum to 1 (any scale); zeros allowed. ``None``: uniform.
         v_weights: the same for ``v``.
         sort: ``"hard"`` (exact order statistics; gradient through the values, permutation held
-            fixed) or ``"soft"`` (the sorted values are replaced by :func:`aot_losses.soft_sort`
-            of the samples; weights stay attached to the hard-sorted positions).
+            fixed); ``"soft"`` (:class:`~aot_losses.sorting.SoftSort` of ``regularization``,
+            ``regularization_strength`` and ``sort_backend``); or a sort object carrying its
+            own options: a :class:`~aot_losses.sorting.SoftSort` (every backend's options, e.g.
+            Sinkhorn's ``epsilon``) or any callable returning its input sorted ascending along
+            the last dimension. A soft sort replaces the sorted values; weights stay attached
+            to the hard-sorted positions.
         regularization: ``"l2"`` or ``"kl"``, for ``sort="soft"``.
         regularization_strength: soft-sort strength (the paper used 0.1), for ``sort="soft"``.
-        sort_backend: :func:`aot_losses.soft_sort` backend, for ``sort="soft"``.
+        sort_backend: :func:`aot_losses.soft_sort` backend, for ``sort="soft"``. These three
+            are checked whatever ``sort`` is, and must keep their defaults when ``sort`` is an
+            object (it carries its own options).
         process_group: ``None`` transports the local samples; a ``torch.distributed`` group
             (e.g. ``torch.distributed.group.WORLD``) transports the samples of all its ranks,
             concatenated in rank order (local sizes may differ, and may be 0). Every rank gets
@@ -97,10 +110,12 @@ def ot_1d(
         The OT cost in ``u``'s dtype, on ``u``'s device.
 
     Raises:
-        TypeError: non-tensor or non-floating inputs, dtypes that differ.
+        TypeError: non-tensor or non-floating inputs, dtypes that differ, a penalty or sort
+            that returns a non-floating tensor, an option of the wrong type.
         ValueError: wrong dimensions, empty inputs, devices that differ, mismatched leading
             shapes, negative / non-finite / all-zero weights, non-finite samples (value checks,
-            see :func:`aot_losses.set_value_checks`), bad option values.
+            see :func:`aot_losses.set_value_checks`), bad option values, a penalty or sort
+            that changes the shape.
 
     Example:
         >>> import torch
@@ -109,7 +124,16 @@ def ot_1d(
         >>> ot_1d(u, v, "least_squares", beta=1.0)
         tensor(2.)
     """
-    h, reduction = resolve_options(penalty, beta, label_smoothing, sort, reduction)
+    options = resolve_options(
+        penalty=penalty,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        sort=sort,
+        regularization=regularization,
+        regularization_strength=regularization_strength,
+        sort_backend=sort_backend,
+        reduction=reduction,
+    )
     distributed = process_group is not None
     u = check_tensor(u, "u", min_ndim=1, allow_empty=distributed)
     v = check_tensor(v, "v", min_ndim=1, allow_empty=distributed)
@@ -126,65 +150,98 @@ def ot_1d(
         u_weights = check_weights(u_weights, "u_weights", u, "u", allow_zero_sum=distributed)
     if v_weights is not None:
         v_weights = check_weights(v_weights, "v_weights", v, "v", allow_zero_sum=distributed)
-    return transport(
-        u,
-        v,
-        h,
-        u_weights,
-        v_weights,
-        sort=sort,
-        regularization=regularization,
-        regularization_strength=regularization_strength,
-        sort_backend=sort_backend,
-        process_group=process_group,
-        reduction=reduction,
-    )
+    return transport(u, v, u_weights, v_weights, options, process_group)
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Checked options of :func:`ot_1d` and the losses: the penalty ``h``, the sort (``None``:
+    hard) and the reduction."""
+
+    h: Penalty
+    sort: Callable[[Tensor], Tensor] | None
+    reduction: Reduction
+
+
+#: The soft-sort keywords' defaults: with a sort object they must keep them.
+_SOFT_KEYWORDS: dict[str, object] = {
+    "regularization": "l2",
+    "regularization_strength": 0.1,
+    "sort_backend": "torch",
+}
 
 
 def resolve_options(
+    *,
     penalty: PenaltyLike,
     beta: float,
     label_smoothing: float,
-    sort: SortKind,
+    sort: SortLike,
+    regularization: str,
+    regularization_strength: float,
+    sort_backend: str,
     reduction: Reduction,
-) -> tuple[Penalty, Reduction]:
-    """Check the options shared by :func:`ot_1d` and the losses; resolve the penalty."""
+) -> TransportOptions:
+    """Check every option of :func:`ot_1d` and the losses (also those that do not apply, such as
+    the soft-sort keywords with ``sort="hard"``) and resolve the penalty and the sort."""
     h = get_penalty(penalty, beta=beta, label_smoothing=label_smoothing)
-    check_choice(sort, "sort", ("hard", "soft"))
-    return h, check_reduction(reduction)
+    soft = SoftSort(regularization, regularization_strength, sort_backend)  # type: ignore[arg-type]
+    reduction = check_reduction(reduction)
+    if isinstance(sort, str):
+        check_choice(sort, "sort", get_args(SortKind))
+        return TransportOptions(h, None if sort == "hard" else soft, reduction)
+    if not callable(sort):
+        raise TypeError(
+            "sort must be 'hard', 'soft', a SoftSort or a callable that sorts its input along "
+            f"the last dimension; got {describe(sort)}"
+        )
+    given = {
+        "regularization": regularization,
+        "regularization_strength": regularization_strength,
+        "sort_backend": sort_backend,
+    }
+    for name, value in given.items():
+        if value != _SOFT_KEYWORDS[name]:
+            raise ValueError(
+                f"{name}={value!r} applies to sort='soft' only; sort={sort!r} carries its own "
+                f"options (for example SoftSort({name.removeprefix('sort_')}=...))"
+            )
+    return TransportOptions(h, sort, reduction)
 
 
 def transport(
     u: Tensor,
     v: Tensor,
-    h: Penalty,
     u_weights: Tensor | None,
     v_weights: Tensor | None,
-    *,
-    sort: SortKind,
-    regularization: Literal["l2", "kl"],
-    regularization_strength: float,
-    sort_backend: Literal["torch", "torchsort", "sinkhorn"],
+    options: TransportOptions,
     process_group: ProcessGroup | None,
-    reduction: Reduction,
 ) -> Tensor:
-    """:func:`ot_1d` on inputs its callers have checked."""
+    """:func:`ot_1d` on inputs and options its callers have checked."""
     if process_group is not None:
         u, v, u_weights, v_weights = _gather(process_group, u, v, u_weights, v_weights)
-
-    def soft(x: Tensor) -> Tensor:
-        return soft_sort(
-            x,
-            regularization=regularization,
-            regularization_strength=regularization_strength,
-            backend=sort_backend,
-        )
-
-    sort_values = None if sort == "hard" else soft
     if u_weights is None and v_weights is None and u.shape == v.shape:
-        sorted_uv = _sorted(torch.stack((u, v)), sort_values)
-        return reduce(h(sorted_uv[0] - sorted_uv[1]), reduction)
-    return _ot_merged(u, v, u_weights, v_weights, h, sort_values, reduction)
+        sorted_uv = _sorted(torch.stack((u, v)), options.sort)
+        costs = _penalty(options.h, sorted_uv[0] - sorted_uv[1])
+        return reduce(costs, options.reduction)
+    return _ot_merged(u, v, u_weights, v_weights, options)
+
+
+def _penalty(h: Penalty, x: Tensor) -> Tensor:
+    """``h(x)``, checked to be a floating tensor of ``x``'s shape (a callable penalty that is
+    not elementwise would otherwise be broadcast or reduced into a wrong cost)."""
+    out = h(x)
+    if not isinstance(out, Tensor) or not out.is_floating_point():
+        raise TypeError(
+            f"penalty must return a floating-point tensor of its argument's shape; got "
+            f"{describe(out)}"
+        )
+    if out.shape != x.shape:
+        raise ValueError(
+            f"penalty must be elementwise: it got shape {tuple(x.shape)} and returned shape "
+            f"{tuple(out.shape)}"
+        )
+    return out
 
 
 def _gather(
@@ -231,18 +288,16 @@ def _ot_merged(
     v: Tensor,
     u_weights: Tensor | None,
     v_weights: Tensor | None,
-    h: Penalty,
-    sort_values: Callable[[Tensor], Tensor] | None,
-    reduction: Reduction,
+    options: TransportOptions,
 ) -> Tensor:
     """OT_h on the merged cumulative-weight grid (unequal sizes and/or weights).
 
     With cumulative weights A_i of u's sorted atoms (total A) and B_j of v's (total B), the grid
     points are A_i B and B_j A on the common scale A B; interval k = (t_{k-1}, t_k] maps u's
     quantile to the first atom i with A_i B >= t_k (likewise for v). Without weights the grid
-    depends on n and m only and is cached (up to n + m = 2^16). ``sort_values`` None means the
-    hard sort.
+    depends on n and m only and is cached (up to n + m = 2^16).
     """
+    sort_values, reduction = options.sort, options.reduction
     n, m = u.shape[-1], v.shape[-1]
     if u_weights is None and v_weights is None:
         # torch.compile traces the function itself (a cache lookup cannot be traced); large
@@ -264,7 +319,8 @@ def _ot_merged(
     # there (0 * inf = NaN in the value, and in the gradient).
     diff = torch.where(positive, diff, torch.zeros_like(diff))
     acc_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    terms = torch.where(positive, h(diff).to(acc_dtype) * lengths.to(acc_dtype), 0.0)
+    costs = _penalty(options.h, diff).to(acc_dtype)
+    terms = torch.where(positive, costs * lengths.to(acc_dtype), 0.0)
     if reduction == "none":
         return (terms * terms.shape[-1]).to(u.dtype)
     value = terms.sum(-1)
@@ -275,8 +331,16 @@ def _ot_merged(
 
 def _sorted(x: Tensor, sort_values: Callable[[Tensor], Tensor] | None) -> Tensor:
     """``x`` sorted along the last dimension: hard (``torch.sort``) when ``sort_values`` is
-    None, else by ``sort_values``."""
-    return torch.sort(x, dim=-1).values if sort_values is None else sort_values(x)
+    None, else by ``sort_values``, whose result is checked to keep ``x``'s shape and dtype."""
+    if sort_values is None:
+        return torch.sort(x, dim=-1).values
+    out = sort_values(x)
+    if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(
+            f"sort must return its input sorted along the last dimension, with its shape and "
+            f"dtype ({tuple(x.shape)}, {x.dtype}); got {describe(out)}"
+        )
+    return out
 
 
 def _sorted_atoms(
@@ -293,7 +357,7 @@ def _sorted_atoms(
         return _sorted(x, sort_values), cumulative.expand(*x.shape[:-1], n)
     values, order = torch.sort(x, dim=-1)
     if sort_values is not None:
-        values = sort_values(x)
+        values = _sorted(x, sort_values)
     sorted_weights = weights.detach().to(torch.float64).expand_as(x).gather(-1, order)
     sorted_weights = sorted_weights / sorted_weights.amax(-1, keepdim=True)
     return values, torch.cumsum(sorted_weights, dim=-1)

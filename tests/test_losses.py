@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aot_losses import AOTPairedLoss, AOTUnpairedLoss, aot_paired_loss, aot_unpaired_loss, ot_1d
+from aot_losses import (
+    AOTPairedLoss,
+    AOTUnpairedLoss,
+    SoftSort,
+    aot_paired_loss,
+    aot_unpaired_loss,
+    ot_1d,
+    soft_sort,
+)
 
 from .tolerances import assert_close
 
@@ -199,3 +207,40 @@ def test_vmap_with_weights_equals_a_loop_over_rows(sort, paired):
     assert_close(torch.vmap(loss)(pc, pr, rc, rr, w), torch.stack(rows))
     grads = [torch.func.grad(loss)(pc[i], pr[i], rc[i], rr[i], w[i]) for i in range(3)]
     assert_close(torch.vmap(torch.func.grad(loss))(pc, pr, rc, rr, w), torch.stack(grads))
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_sort_objects_carry_their_options(paired):
+    """``sort`` takes "hard", "soft" (with the soft-sort keywords), a SoftSort carrying every
+    backend's options, or any callable that sorts along the last dimension."""
+    tensors = logps(9, 13)
+    loss = aot_paired_loss if paired else aot_unpaired_loss
+    kw = {"beta": 0.5, "penalty": "squared_hinge"}
+    assert_close(
+        loss(*tensors, sort=SoftSort(regularization="kl", regularization_strength=0.3), **kw),
+        loss(*tensors, sort="soft", regularization="kl", regularization_strength=0.3, **kw),
+    )
+    assert_close(loss(*tensors, sort=lambda x: torch.sort(x).values, **kw), loss(*tensors, **kw))
+    sinkhorn = SoftSort(backend="sinkhorn", epsilon=0.05, max_iter=200, targets="grid")
+    u, v = (
+        (tensors[0] - tensors[1], tensors[2] - tensors[3])
+        if paired
+        else (tensors[0] - tensors[2], tensors[1] - tensors[3])
+    )
+    expected = ot_1d(
+        u,
+        v,
+        "squared_hinge",
+        beta=0.5,
+        sort=lambda x: soft_sort(
+            x, regularization_strength=0.1, backend="sinkhorn", epsilon=0.05, max_iter=200,
+            targets="grid",
+        ),
+    )  # fmt: skip
+    assert_close(loss(*tensors, sort=sinkhorn, **kw), expected)
+    assert not torch.allclose(expected, loss(*tensors, **kw))  # the options made a difference
+    module = (AOTPairedLoss if paired else AOTUnpairedLoss)(sort=sinkhorn, **kw)
+    assert "SoftSort(regularization='l2', regularization_strength=0.1, backend='sinkhorn'" in repr(
+        module
+    )
+    assert_close(module(*tensors), expected)

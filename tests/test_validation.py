@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fractions
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import aot_losses
 from aot_losses import aot_paired_loss, aot_unpaired_loss, ot_1d
 from aot_losses.baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
+from aot_losses.nn import AOTPairedLoss, AOTUnpairedLoss, DPOLoss, KTOLoss, SLiCLoss
+
+from .tolerances import assert_close
 
 x4 = torch.randn(4)
 ok = [x4, x4 - 1, x4 + 0.5, x4 - 0.5]
@@ -207,6 +212,78 @@ BAD_INPUTS = [
     ),
     ("KTO kl not a scalar", lambda: kto_loss(*ok, kl=torch.ones(2)), ValueError, "kl must be 0-D"),
     (
+        "sort of the wrong type",
+        lambda: aot_paired_loss(*ok, sort=3),
+        TypeError,
+        "sort must be 'hard', 'soft', a SoftSort or a callable",
+    ),
+    (
+        "soft-sort keyword with a sort object",
+        lambda: aot_paired_loss(*ok, sort=aot_losses.SoftSort(), regularization_strength=1.0),
+        ValueError,
+        "regularization_strength=1.0 applies to sort='soft' only",
+    ),
+    (
+        "sort that changes the shape",
+        lambda: ot_1d(x4, x4, sort=lambda x: x[..., :2]),
+        ValueError,
+        "sort must return its input sorted along the last dimension, with its shape",
+    ),
+    (
+        "soft-sort strength <= 0 with the hard sort",
+        lambda: aot_unpaired_loss(*ok, regularization_strength=0.0),
+        ValueError,
+        "regularization_strength must be a finite number > 0; got 0.0",
+    ),
+    (
+        "unknown sort backend with the hard sort",
+        lambda: aot_paired_loss(*ok, sort_backend="cuda"),
+        ValueError,
+        "backend must be one of 'torch', 'torchsort', 'sinkhorn'; got 'cuda'",
+    ),
+    (
+        "penalty that is not elementwise",
+        lambda: ot_1d(x4, x4, lambda x: x.sum(-1, keepdim=True)),
+        ValueError,
+        r"penalty must be elementwise: it got shape \(4,\) and returned shape \(1,\)",
+    ),
+    (
+        "penalty that returns integers",
+        lambda: ot_1d(x4, x4, lambda x: (x > 0).long()),
+        TypeError,
+        "penalty must return a floating-point tensor of its argument's shape",
+    ),
+    (
+        "KTO kl NaN",
+        lambda: kto_loss(*ok, kl=math.nan),
+        ValueError,
+        "kl must be finite; got nan",
+    ),
+    (
+        "KTO kl tensor NaN",
+        lambda: kto_loss(*ok, kl=torch.tensor(math.nan)),
+        ValueError,
+        "kl must be finite",
+    ),
+    (
+        "module option checked at construction",
+        lambda: AOTPairedLoss(beta=0.0),
+        ValueError,
+        "beta must be a finite number > 0; got 0.0",
+    ),
+    (
+        "module penalty checked at construction",
+        lambda: AOTUnpairedLoss(penalty="hingee"),
+        ValueError,
+        "penalty must be one of",
+    ),
+    (
+        "baseline module option checked at construction",
+        lambda: KTOLoss(kl=math.inf),
+        ValueError,
+        "kl must be finite; got inf",
+    ),
+    (
         "unknown value-check mode",
         lambda: aot_losses.set_value_checks("sometimes"),
         ValueError,
@@ -264,3 +341,26 @@ def test_docs_table_lists_every_case():
     table = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
     missing = [case[0] for case in BAD_INPUTS if f"| {case[0]} |" not in table]
     assert not missing, f"docs/errors.md lacks rows for {missing}"
+
+
+@pytest.mark.parametrize(
+    "number",
+    [np.float32(0.5), np.float16(0.5), np.int64(2), np.int32(1), fractions.Fraction(1, 4)],
+    ids=lambda v: type(v).__name__,
+)
+def test_real_numbers_of_any_kind_are_accepted(number):
+    """NumPy scalars and fractions are real numbers; only np.float64 used to pass."""
+    expected = aot_paired_loss(*ok, beta=float(number), regularization_strength=float(number))
+    assert_close(aot_paired_loss(*ok, beta=number, regularization_strength=number), expected)
+    assert_close(dpo_loss(*ok, beta=number), dpo_loss(*ok, beta=float(number)))
+    assert_close(SLiCLoss(margin=number)(*ok), slic_loss(*ok, margin=float(number)))
+    assert_close(kto_loss(*ok, kl=number), kto_loss(*ok, kl=float(number)))
+    smoothing = number / 8
+    assert_close(
+        DPOLoss(label_smoothing=smoothing)(*ok), dpo_loss(*ok, label_smoothing=float(smoothing))
+    )
+    x = torch.randn(2, 5)
+    assert_close(
+        aot_losses.soft_sort(x, dim=np.int64(0), backend="sinkhorn", max_iter=np.int64(50)),
+        aot_losses.soft_sort(x, dim=0, backend="sinkhorn", max_iter=50),
+    )

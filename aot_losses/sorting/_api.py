@@ -1,14 +1,25 @@
-"""Public sorting functions: :func:`hard_sort`, :func:`soft_sort` and :func:`soft_rank`."""
+"""Public sorting functions and objects: :func:`hard_sort`, :func:`soft_sort`, :func:`soft_rank`
+and :class:`SoftSort`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_finite, check_positive, check_tensor, describe
+from .._validation import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_positive,
+    check_real,
+    check_tensor,
+    describe,
+)
 from ._isotonic import Regularization, isotonic_soft_sort
 from ._sinkhorn import Targets, sinkhorn_soft_sort
 from ._torchsort import torchsort_soft
@@ -27,8 +38,7 @@ _SINKHORN_DEFAULTS: dict[str, Any] = {
 def _check_layout(x: object, dim: object, descending: object) -> tuple[Tensor, int]:
     """Check ``x``, ``dim`` and ``descending``; return ``x`` and ``dim`` made nonnegative."""
     x = check_tensor(x, "x", min_ndim=1)
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int; got {describe(dim)}")
+    dim = check_int(dim, "dim")
     if not -x.dim() <= dim < x.dim():
         raise ValueError(
             f"dim must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}; got {dim}"
@@ -38,22 +48,43 @@ def _check_layout(x: object, dim: object, descending: object) -> tuple[Tensor, i
     return x, dim % x.dim()
 
 
-def _check_soft(
-    x: object,
+def _check_soft(x: object, dim: object, descending: object) -> tuple[Tensor, int, bool]:
+    """The tensor checks of :func:`soft_sort` and :func:`soft_rank` (their options are checked
+    by :func:`_soft_options`); the last result says whether ``x`` was checked to be finite."""
+    x, dim = _check_layout(x, dim, descending)
+    return x, dim, check_finite(x, "x")
+
+
+@dataclass(frozen=True)
+class SoftOptions:
+    """Checked soft-sort options: ``regularization``, ``strength`` (> 0), ``backend`` and the
+    backend's own options (Sinkhorn: ``epsilon``, ``max_iter``, ``tol``, ``targets``)."""
+
+    regularization: Regularization
+    strength: float
+    backend: Backend
+    backend_options: dict[str, Any]
+
+
+def _soft_options(
     regularization: object,
     strength: object,
-    dim: object,
-    descending: object,
     backend: object,
-    backends: tuple[str, ...],
-) -> tuple[Tensor, int, float, bool]:
-    """The checks shared by :func:`soft_sort` and :func:`soft_rank`; the last result says
-    whether ``x`` was checked to be finite."""
-    x, dim = _check_layout(x, dim, descending)
+    options: dict[str, Any],
+    backends: tuple[str, ...] = get_args(Backend),
+) -> SoftOptions:
+    """Check the options of a soft sort (or, with ``backends``, a soft rank)."""
     check_choice(backend, "backend", backends)
     check_choice(regularization, "regularization", get_args(Regularization))
     s = check_positive(strength, "regularization_strength")
-    return x, dim, s, check_finite(x, "x")
+    if backend == "sinkhorn":
+        options = _sinkhorn_options(str(regularization), s, options)
+    elif options:
+        raise TypeError(
+            f"unexpected option(s) {', '.join(map(repr, sorted(options)))} for "
+            f"backend={backend!r}; options are accepted by backend='sinkhorn' only"
+        )
+    return SoftOptions(regularization, s, backend, options)  # type: ignore[arg-type]
 
 
 def _isotonic(
@@ -89,15 +120,15 @@ def _sinkhorn_options(
         )
     opts = {**_SINKHORN_DEFAULTS, **options}
     epsilon = strength if opts["epsilon"] is None else check_positive(opts["epsilon"], "epsilon")
-    max_iter = opts["max_iter"]
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    max_iter = check_int(opts["max_iter"], "max_iter", "a positive int")
+    if max_iter < 1:
         raise ValueError(f"max_iter must be a positive int; got {max_iter!r}")
-    tol = opts["tol"]
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+    tol = check_real(opts["tol"], "tol", "a finite number >= 0")
+    if not 0 <= tol < math.inf:
         raise ValueError(f"tol must be a finite number >= 0; got {tol!r}")
     targets = opts["targets"]
     check_choice(targets, "targets", get_args(Targets))
-    return {"epsilon": epsilon, "max_iter": max_iter, "tol": float(tol), "targets": targets}
+    return {"epsilon": epsilon, "max_iter": max_iter, "tol": tol, "targets": targets}
 
 
 def hard_sort(x: Tensor, dim: int = -1, descending: bool = False) -> Tensor:
@@ -200,24 +231,24 @@ def soft_sort(
         >>> soft_sort(x, regularization_strength=2.0)
         tensor([1.5000, 2.0000, 2.5000])
     """
-    x, dim, s, finite = _check_soft(
-        x, regularization, regularization_strength, dim, descending, backend, get_args(Backend)
-    )
-    if backend == "sinkhorn":
-        opts = _sinkhorn_options(regularization, s, options)
+    soft = _soft_options(regularization, regularization_strength, backend, options)
+    x, dim, finite = _check_soft(x, dim, descending)
+    return _soft_sort(x, dim, descending, soft, finite)
+
+
+def _soft_sort(x: Tensor, dim: int, descending: bool, soft: SoftOptions, finite: bool) -> Tensor:
+    """:func:`soft_sort` on checked arguments."""
+    if soft.backend == "sinkhorn":
 
         def ascending(rows: Tensor) -> Tensor:
-            return sinkhorn_soft_sort(rows, **opts)
+            return sinkhorn_soft_sort(rows, **soft.backend_options)
 
     else:
-        if options:
-            raise TypeError(
-                f"unexpected option(s) {', '.join(map(repr, sorted(options)))} for "
-                f"backend={backend!r}; options are accepted by backend='sinkhorn' only"
-            )
 
         def ascending(rows: Tensor) -> Tensor:
-            return _isotonic(backend, rows, s, regularization, rank=False, finite=finite)
+            return _isotonic(
+                soft.backend, rows, soft.strength, soft.regularization, rank=False, finite=finite
+            )
 
     if descending:
         return -_along_rows(-x, dim, ascending)
@@ -272,11 +303,72 @@ def soft_rank(
         >>> soft_rank(x, regularization_strength=2.0)
         tensor([2.5000, 1.5000, 2.0000])
     """
-    x, dim, s, finite = _check_soft(
-        x, regularization, regularization_strength, dim, descending, backend, get_args(RankBackend)
+    soft = _soft_options(
+        regularization, regularization_strength, backend, {}, get_args(RankBackend)
     )
+    x, dim, finite = _check_soft(x, dim, descending)
 
     def ascending(rows: Tensor) -> Tensor:
-        return _isotonic(backend, rows, s, regularization, rank=True, finite=finite)
+        return _isotonic(
+            soft.backend, rows, soft.strength, soft.regularization, rank=True, finite=finite
+        )
 
     return _along_rows(-x if descending else x, dim, ascending)
+
+
+class SoftSort:
+    """A soft sort with its options bound, to pass as ``sort=`` to :func:`aot_losses.ot_1d` and
+    the AOT losses: ``SoftSort(...)(x)`` is :func:`soft_sort` of ``x`` along its last dimension,
+    ascending. Every backend's options reach the losses this way (Sinkhorn's ``epsilon``,
+    ``max_iter``, ``tol``, ``targets``). The options are checked at construction.
+
+    Args:
+        regularization: ``"l2"`` or ``"kl"``.
+        regularization_strength: ``s > 0``; the default is the paper's 0.1 (the losses'
+            default; :func:`soft_sort` itself defaults to torchsort's 1.0).
+        backend: ``"torch"``, ``"torchsort"`` or ``"sinkhorn"``.
+        **options: ``backend="sinkhorn"`` only, as in :func:`soft_sort`.
+
+    Raises:
+        TypeError, ValueError: as :func:`soft_sort` for the same options.
+
+    Example:
+        >>> import torch
+        >>> from aot_losses import SoftSort, ot_1d
+        >>> sort = SoftSort(regularization_strength=2.0)
+        >>> sort(torch.tensor([3.0, 1.0, 2.0]))
+        tensor([1.5000, 2.0000, 2.5000])
+        >>> u, v = torch.tensor([3.0, 1.0, 2.0]), torch.zeros(3)
+        >>> ot_1d(u, v, "least_squares", beta=1.0, sort=sort)  # soft: u - v = (1.5, 2, 2.5)
+        tensor(1.1667)
+        >>> ot_1d(u, v, "least_squares", beta=1.0)  # hard: u - v = (1, 2, 3)
+        tensor(1.6667)
+    """
+
+    def __init__(
+        self,
+        regularization: Regularization = "l2",
+        regularization_strength: float = 0.1,
+        backend: Backend = "torch",
+        **options: Any,
+    ) -> None:
+        self.options = _soft_options(regularization, regularization_strength, backend, options)
+        self._given = options
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x, dim, finite = _check_soft(x, -1, False)
+        return _soft_sort(x, dim, False, self.options, finite)
+
+    def __repr__(self) -> str:
+        o = self.options
+        extra = "".join(f", {k}={v!r}" for k, v in self._given.items())
+        return (
+            f"SoftSort(regularization={o.regularization!r}, regularization_strength="
+            f"{o.strength!r}, backend={o.backend!r}{extra})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SoftSort) and self.options == other.options
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
