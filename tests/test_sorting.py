@@ -9,19 +9,21 @@ PAV passes (default) and the divide-and-conquer hull merge (forced by ``_stage("
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import math
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aot_losses import _validation
+from aot_losses import _validation, ot_1d
 from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
 
 from .tolerances import TOLERANCES, assert_close
@@ -651,7 +653,7 @@ def test_torchsort_backend_matches_torch_backend(reg: str) -> None:
 # --------------------------------------------------------------------------- sinkhorn
 
 
-def _sinkhorn(x: torch.Tensor, **options: object) -> torch.Tensor:
+def _sinkhorn(x: torch.Tensor, **options: Any) -> torch.Tensor:
     return soft_sort(x, backend="sinkhorn", **options)
 
 
@@ -700,3 +702,51 @@ def test_sinkhorn_layout_dtype_and_defaults() -> None:
     torch.testing.assert_close(_sinkhorn(one), one)
     half = _sinkhorn(x.bfloat16(), dim=1)
     assert half.dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- edges of the range
+
+
+def test_backends_refuse_strengths_outside_the_range_they_resolve() -> None:
+    """torchsort divides by the strength in x's dtype (1e-300 flushed to 0 in float32: NaN);
+    Sinkhorn's potentials cannot resolve epsilon below sqrt(eps) of the dtype (1e-300 gave
+    -inf) and overflow above sqrt(max) (1e300 crashed in float32)."""
+    x = torch.tensor([[0.3, -1.2, 2.0, 0.9]])
+    if importlib.util.find_spec("torchsort") is not None:
+        with pytest.raises(ValueError, match=r"regularization_strength must be at least 1\.18e-38"):
+            soft_sort(x, regularization_strength=1e-300, backend="torchsort")
+        assert torch.isfinite(
+            soft_rank(x, regularization_strength=1e-30, backend="torchsort")
+        ).all()
+    for strength, dtype in [(1e-300, torch.float64), (1e-5, torch.float32), (1e300, torch.float32)]:
+        with pytest.raises(ValueError, match=r"epsilon .* must lie in \["):
+            _sinkhorn(x.to(dtype), regularization_strength=strength)
+    assert torch.isfinite(_sinkhorn(x.double(), regularization_strength=1e-7)).all()
+
+
+def test_sinkhorn_keeps_huge_float32_values_apart() -> None:
+    """|x| ~ 1e30 in float32: the standardization once squared them to infinity and returned
+    the mean everywhere."""
+    x = torch.tensor([[3e30, -1e30, 2e30, 5e29]])
+    out = _sinkhorn(x, regularization_strength=0.01)
+    expected = _sinkhorn(x.double(), regularization_strength=0.01)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=0)
+    assert bool((out[:, 1:] > out[:, :-1]).all())
+
+
+@pytest.mark.parametrize("rank", [False, True])
+def test_meta_tensors_give_meta_tensors_or_a_clear_error(rank: bool) -> None:
+    """The torch backend propagates shapes on meta tensors (its custom op's fake kernel), as
+    ot_1d does; the backends that read values or lack a meta kernel say so."""
+    x = torch.empty(3, 5, device="meta")
+    out = _soft(rank)(x, regularization_strength=0.5, dim=0)
+    assert out.device.type == "meta" and out.shape == x.shape and out.dtype == x.dtype
+    assert ot_1d(x, x, sort="soft").shape == (3,)
+    if not rank:
+        with pytest.raises(ValueError, match="x must not be a meta tensor with backend='sinkhorn'"):
+            _sinkhorn(x)
+    if importlib.util.find_spec("torchsort") is not None:
+        with pytest.raises(
+            ValueError, match="x must not be a meta tensor with backend='torchsort'"
+        ):
+            _soft(rank)(x, backend="torchsort")

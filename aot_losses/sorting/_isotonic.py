@@ -652,9 +652,12 @@ def isotonic_soft_sort(
 
     float16 and bfloat16 are computed in float32 and cast back. No argument checks: the public
     :func:`aot_losses.soft_sort` and :func:`aot_losses.soft_rank` do them (``finite``: they
-    have checked that ``x`` holds no NaN or infinity).
+    have checked that ``x`` holds no NaN or infinity). A meta tensor gives a meta tensor of the
+    right shape (no values are computed: shape propagation, as torch's own ops on meta).
     """
     compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    entry = _isotonic_op if torch.compiler.is_compiling() else _IsotonicFunction.apply
+    # the custom op has a fake (shape-only) kernel: it also serves meta tensors
+    custom = torch.compiler.is_compiling() or x.device.type == "meta"
+    entry = _isotonic_op if custom else _IsotonicFunction.apply
     out: Tensor = entry(compute, strength, regularization, rank, finite)[0]  # type: ignore[no-untyped-call]
     return out.to(x.dtype)

@@ -43,10 +43,12 @@ Targets = Literal["sorted", "grid"]
 
 def _cost(x: Tensor, targets: str) -> Tensor:
     """Cost matrices (B, n, n) between the standardized values and the targets."""
-    n = x.shape[-1]
-    mean = x.mean(-1, keepdim=True)
-    std = (x - mean).square().mean(-1, keepdim=True).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
-    z = (x - mean) / std
+    n, tiny = x.shape[-1], torch.finfo(x.dtype).tiny
+    # scaled by the largest magnitude first: squares of |x| ~ 1e20 overflow float32, and an
+    # infinite standard deviation would collapse every value onto the mean
+    scaled = x / x.abs().amax(-1, keepdim=True).clamp_min(tiny)
+    centered = scaled - scaled.mean(-1, keepdim=True)
+    z = centered / centered.square().mean(-1, keepdim=True).sqrt().clamp_min(tiny)
     if targets == "sorted":
         t = torch.sort(z, -1).values
     else:
@@ -137,12 +139,29 @@ def sinkhorn_soft_sort(
 ) -> Tensor:
     """Ascending entropic-OT soft sort of the rows of a 2-D ``x`` (see the module docstring).
 
-    float16 and bfloat16 are computed in float32 and cast back. No argument checks: the public
-    :func:`aot_losses.soft_sort` does them.
+    float16 and bfloat16 are computed in float32 and cast back. The public
+    :func:`aot_losses.soft_sort` checks the arguments; this checks that ``epsilon`` lies in the
+    range the compute dtype resolves, ``[sqrt(eps), sqrt(max)]`` of its ``finfo`` (float64:
+    about [1.5e-8, 1.3e154]; float32: [3.5e-4, 1.8e19]): below, the rounding of the potentials,
+    divided by ``epsilon``, swamps the plan (1e-300 gave -inf); above, it overflows. (Within it,
+    convergence slows as ``epsilon`` shrinks: ``max_iter`` bounds the work.)
+
+    Raises:
+        ValueError: ``epsilon`` outside that range, or ``x`` a meta tensor (the iterations read
+            values).
     """
+    compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    info = torch.finfo(compute.dtype)
+    low, high = math.sqrt(info.eps), math.sqrt(info.max)
+    if not low <= epsilon <= high:
+        raise ValueError(
+            f"epsilon (backend='sinkhorn'; default regularization_strength) must lie in "
+            f"[{low:.3g}, {high:.3g}] for {compute.dtype} computation; got {epsilon!r}"
+        )
+    if x.device.type == "meta":
+        raise ValueError("x must not be a meta tensor with backend='sinkhorn' (it reads values)")
     if x.shape[-1] == 1:
         return x.clone()
-    compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
     compute = first_order_only(compute, "backend='sinkhorn'")
     out: Tensor = _SinkhornSort.apply(compute, epsilon, max_iter, tol, targets)  # type: ignore[no-untyped-call]
     return out.to(x.dtype)
