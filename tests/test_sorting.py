@@ -36,12 +36,12 @@ SoftFn = Callable[..., torch.Tensor]
 @contextlib.contextmanager
 def _stage(stage: str) -> Iterator[None]:
     """Run the torch backend with its default solver or with the hull merge only."""
-    saved = _isotonic._MAX_MERGE_PASSES
-    _isotonic._MAX_MERGE_PASSES = 0 if stage == "hull" else saved
+    saved = _isotonic.MAX_PAV_PASSES
+    _isotonic.MAX_PAV_PASSES = 0 if stage == "hull" else saved
     try:
         yield
     finally:
-        _isotonic._MAX_MERGE_PASSES = saved
+        _isotonic.MAX_PAV_PASSES = saved
 
 
 @pytest.fixture

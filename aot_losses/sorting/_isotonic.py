@@ -1,12 +1,12 @@
-"""Soft sort and soft rank by isotonic regression, in pure PyTorch.
+"""Soft sort and soft rank by isotonic regression, in pure PyTorch: the solver and its autograd.
 
 Blondel, Teboul, Berthet and Djolonga, "Fast Differentiable Sorting and Ranking" (ICML 2020)
 write the soft sort and the soft rank of ``x`` as the projection of a fixed vector onto the
 permutahedron of another one, and reduce that projection to an isotonic regression solved by
-pool adjacent violators (PAV). This module follows the conventions of torchsort (the reference
+pool adjacent violators (PAV). This follows the conventions of torchsort (the reference
 implementation the results must equal in float64). With ``a`` the ascending sort of ``x``,
 0-based positions ``i`` and strength ``s``, the solution is a partition of the positions into
-blocks ``B = [lo, hi)`` and, per block:
+blocks ``B = [lo, hi)`` (:mod:`._block_problem`) and, per block:
 
 * sort, l2: ``out_i = mean_B(a) + (i - mean_B(i)) / s``;
 * rank, l2: ``r_i = mean_B(i) + 1 + (a_i - mean_B(a)) / s``;
@@ -14,374 +14,40 @@ blocks ``B = [lo, hi)`` and, per block:
   ``G(L) = log(1 - exp(-L / s))``;
 * rank, kl: ``r_i = softmax_B(a / s)_i * sum_B(i + 1)``.
 
-Every block carries a fitted value ``v_B = D_B + Pos_B`` (a data part and a closed-form position
-part); the blocks are the maximal runs of the isotonic regression, so ``v_B`` strictly decreases
-from block to block, and two adjacent blocks are pooled when the right one is ``>=`` the left one
-(torchsort pools ties too). The two parts are compared separately (``D_2 - D_1`` plus an exact
-closed form for ``Pos_2 - Pos_1``) and never added: ``Pos`` grows like ``n / s``, and adding it
-to the data in float32 is what loses torchsort its precision at large ``n``.
-
-The block structure is found in two stages, both vectorized over the batch and the positions:
-
-1. parallel PAV: each pass pools every run of adjacent violating blocks at once (one segment
-   reduction per pass); typical inputs settle in a few passes;
-2. if ``_MAX_MERGE_PASSES`` passes did not settle it (heavy tails and outliers can need a
-   number of passes growing like ``sqrt(n)`` or ``n``), the current blocks are merged pairwise
-   up a binary tree: two solved neighbouring chunks merge into the left one's blocks up to
-   ``u*``, one pooled block ``[u*, v*)`` and the right one's blocks from ``v*``, where
-   ``[u*, v*)`` is the bridge between the concave majorants of their cumulative-sum diagrams.
-   It is found by a binary search over the left chunk's hull, each step evaluating the
-   tangent to the right chunk's hull in one vectorized comparison; the range statistics come
-   from within-chunk prefix and suffix scans (stable for the log-sum-exp statistics of
-   ``kl``). ``O(log(n)^2)`` sequential steps, ``O(n log(n)^2)`` work, whatever the input.
-
-The Jacobian is block structured (sort: a block-averaging matrix times the sorting permutation)
-and the backward pass uses it directly, in ``O(n)`` memory.
+The blocks are found in two stages, both vectorized over the batch and the positions: parallel
+PAV passes (:mod:`._parallel_pav`), then, if ``MAX_PAV_PASSES`` passes did not settle them, the
+bounded hull merge (:mod:`._hull_merge`). The Jacobian is block structured (sort: a
+block-averaging matrix times the sorting permutation); the backward and forward-mode passes use
+it directly, in ``O(n)`` memory, as differentiable functions of ``x`` (exact second derivatives).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 
+from ._block_problem import (
+    Blocks,
+    IsotonicProblem,
+    segment_max,
+    singleton_blocks,
+    unit_ranges,
+)
+from ._hull_merge import hull_block_starts
+from ._parallel_pav import pool_violators, violating_pairs
+
 Regularization = Literal["l2", "kl"]
 
-#: Passes of parallel PAV tried before the bounded divide-and-conquer stage.
-_MAX_MERGE_PASSES = 32
+#: Passes of parallel PAV tried before the bounded hull merge.
+MAX_PAV_PASSES = 32
 #: Passes of parallel PAV after it, to pool blocks whose values are equal up to rounding.
-_TIE_PASSES = 8
-#: Adjacent blocks whose fitted values agree to this relative tolerance count as tied and are
-#: pooled (torchsort pools ties too, and its backward merges blocks equal within 1e-9): exact
-#: ties, common with integer inputs, would otherwise be decided by rounding. Pooling tied blocks
-#: does not change the values, only which subgradient the backward returns.
-_TIE_RTOL = 1e-12
+TIE_PASSES = 8
 
 
-@dataclass(frozen=True)
-class _Problem:
-    """One isotonic problem: what is reduced over a block and how blocks are valued."""
-
-    kind: str  # "sort" or "rank"
-    regularization: str  # "l2" or "kl"
-    strength: float
-
-    @property
-    def lse(self) -> bool:
-        """Whether the block statistic is a log-sum-exp (``kl``) rather than a sum (``l2``)."""
-        return self.regularization == "kl"
-
-    def data(self, a: Tensor) -> Tensor:
-        """Per-position values whose block statistic (sum or log-sum-exp) is needed."""
-        if not self.lse:
-            return a
-        return -a if self.kind == "sort" else a / self.strength
-
-    def value(self, stat: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
-        """Data part ``D`` of the fitted value of the blocks ``[lo, hi)`` of statistic ``stat``
-        (``lo`` and ``hi`` None: blocks of one position)."""
-        if self.lse:
-            return -stat
-        mean = stat if lo is None or hi is None else stat / (hi - lo)
-        return mean if self.kind == "sort" else -mean / self.strength
-
-    def pos_diff(self, lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
-        """``Pos[lo1, hi1) - Pos[lo2, hi2)`` for integer positions held in float64."""
-        diff = self.linear_diff(lo1, hi1, lo2, hi2)
-        bounded1, bounded2 = self.bounded(lo1, hi1), self.bounded(lo2, hi2)
-        return diff if bounded1 is None or bounded2 is None else diff + (bounded1 - bounded2)
-
-    def linear_diff(self, lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
-        """The part of ``pos_diff`` linear in the positions (it grows like ``n / s``), formed
-        from exact differences of positions before any division."""
-        s = self.strength  # one division by an exact scale: the same bits as -((...) / 2) / s
-        if self.regularization == "l2":
-            return ((lo1 + hi1) - (lo2 + hi2)) / (-2 * s if self.kind == "sort" else 2)
-        return (lo1 - lo2) / -s if self.kind == "sort" else torch.zeros_like(lo1 - lo2)
-
-    def bounded(self, lo: Tensor, hi: Tensor) -> Tensor | None:
-        """The rest of ``Pos[lo, hi)``, of magnitude ``O(log(n / s))`` (None: zero)."""
-        if self.regularization == "l2":
-            return None
-        if self.kind == "sort":  # log(1 - exp(-L / s)): absolute accuracy is what matters
-            return torch.log(-torch.expm1((lo - hi) / self.strength))
-        return torch.log((hi - lo) * (lo + hi + 1))
-
-    def combine(self, s1: Tensor, s2: Tensor) -> Tensor:
-        """Statistic of the union of two disjoint ranges."""
-        return torch.logaddexp(s1, s2) if self.lse else s1 + s2
-
-    @property
-    def identity(self) -> float:
-        """Statistic of an empty range."""
-        return -math.inf if self.lse else 0.0
-
-    def scan(self, z: Tensor) -> Tensor:
-        """Inclusive prefix statistic along the last dimension."""
-        return torch.logcumsumexp(z, -1) if self.lse else torch.cumsum(z, -1)
-
-    def segment(self, z: Tensor, ids: Tensor, size: int) -> Tensor:
-        """Statistic of each segment: ``out[k]`` reduces ``z`` where ``ids == k`` (flat)."""
-        z, ids = z.reshape(-1), ids.reshape(-1)
-        if not self.lse:
-            return z.new_zeros(size).index_add(0, ids, z)
-        top = _segment_max(z, ids, size)
-        return top + torch.log(z.new_zeros(size).index_add(0, ids, torch.exp(z - top[ids])))
-
-
-@dataclass
-class _Blocks:
-    """A partition of each row of ``n`` positions into blocks, with the block statistics.
-
-    ``stat``, ``lo``, ``hi`` (B, n): per block slot ``k`` of each row, the statistic and the
-    range ``[lo, hi)`` (float64 positions); slots past the row's number of blocks have
-    ``lo == hi == n``. ``ids`` (B, n): flat block slot of each position (row ``r`` owns slots
-    ``r n .. r n + n - 1``), or ``None`` when every position is its own block
-    (:func:`_singletons`); then ``lo`` and ``hi`` are 1-D (n,) and broadcast over the rows.
-    """
-
-    stat: Tensor
-    lo: Tensor
-    hi: Tensor
-    ids: Tensor | None = None
-
-    def per_position(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``stat``, ``lo``, ``hi`` of the block of every position (B, n), and the row-local
-        index of that block (blocks made by :func:`_blocks`)."""
-        ids = cast(Tensor, self.ids)
-        stat, lo, hi = (
-            t.reshape(-1).index_select(0, ids.view(-1)).view(ids.shape)
-            for t in (self.stat, self.lo, self.hi)
-        )
-        return stat, lo, hi, ids - ids[:, :1]
-
-
-def _singletons(z: Tensor) -> _Blocks:
-    return _Blocks(z, *_unit_ranges(z.shape[1], z.device))
-
-
-@functools.lru_cache(maxsize=64)
-def _unit_ranges(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``lo``, ``hi`` of the blocks of one position: ``[k, k + 1)`` for ``k < n``."""
-    lo = torch.arange(n, device=device, dtype=torch.float64)
-    return lo, lo + 1
-
-
-def _blocks(problem: _Problem, z: Tensor, start: Tensor) -> _Blocks:
-    rows, n = z.shape
-    ids = start.cumsum(1) - 1 + torch.arange(0, rows * n, n, device=z.device)[:, None]
-    stat = problem.segment(z, ids, rows * n).view(rows, n)
-    firsts = torch.where(start, ids, rows * n).view(-1)
-    positions = torch.arange(n, device=z.device, dtype=torch.float64).expand(rows, n)
-    lo = torch.full((rows * n + 1,), n, device=z.device, dtype=torch.float64)
-    lo = lo.scatter_(0, firsts, positions.reshape(-1))[:-1].view(rows, n)
-    hi = torch.cat([lo[:, 1:], lo.new_full((rows, 1), n)], 1)
-    return _Blocks(stat, lo, hi, ids)
-
-
-def _violations(problem: _Problem, blk: _Blocks) -> Tensor | None:
-    """(B, n - 1): whether block slot ``k + 1`` is ``>=`` slot ``k`` (up to rounding, see
-    ``_TIE_RTOL``), both being real blocks; None when no pair violates."""
-    first, second = (..., slice(None, -1)), (..., slice(1, None))
-    if blk.ids is None:
-        d = problem.value(blk.stat, None, None)
-        pos, pos_tol = _singleton_gaps(problem, d.shape[1], d.device)
-        valid = None
-    else:
-        d = problem.value(blk.stat, blk.lo, blk.hi)
-        lo, hi = blk.lo, blk.hi
-        pos = problem.linear_diff(lo[second], hi[second], lo[first], hi[first])
-        bounded = problem.bounded(lo, hi)
-        if bounded is not None:
-            pos = pos + (bounded[second] - bounded[first])
-        pos_tol = _TIE_RTOL * pos.abs()
-        valid = lo[second] < lo.shape[-1]
-    size = d.abs()
-    viol = d[second] - d[first] + pos + (_TIE_RTOL * (size[second] + size[first]) + pos_tol) >= 0
-    if valid is not None:
-        viol = viol & valid
-    return viol if bool(viol.any()) else None
-
-
-@functools.lru_cache(maxsize=64)
-def _singleton_gaps(problem: _Problem, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``Pos[k + 1, k + 2) - Pos[k, k + 1)`` for ``k < n - 1``, and its tie tolerance."""
-    lo = torch.arange(n, device=device, dtype=torch.float64)
-    pos = problem.pos_diff(lo[1:], lo[1:] + 1, lo[:-1], lo[:-1] + 1)
-    return pos, _TIE_RTOL * pos.abs()
-
-
-def _merge_passes(
-    problem: _Problem, z: Tensor, max_passes: int, start: Tensor
-) -> tuple[Tensor, _Blocks, bool]:
-    """Parallel PAV: each pass pools every run of adjacent violating blocks.
-
-    Starts from the blocks starting where ``start`` (B, n) is true. Returns the block starts,
-    their blocks and whether they are final. Pooling any adjacent violators is valid (they
-    share a value in the solution), so every pass only coarsens towards it.
-    """
-    blk = _blocks(problem, z, start)
-    for _ in range(max_passes):
-        viol = _violations(problem, blk)
-        if viol is None:
-            return start, blk, True
-        pooled = torch.cat([viol.new_zeros(viol.shape[0], 1), viol], 1)
-        start = start & ~pooled.view(-1)[cast(Tensor, blk.ids)]
-        blk = _blocks(problem, z, start)
-    return start, blk, False
-
-
-def _hull_boundaries(problem: _Problem, z: Tensor, start: Tensor) -> Tensor:
-    """Final block starts from any partition finer than the solution, in O(log(m)^2) steps.
-
-    The current blocks become units ``0 .. m - 1`` (m padded to a power of two) with points
-    ``0 .. m`` between them; a point is a *vertex* when it bounds a block of the solution. The
-    units are merged pairwise up a binary tree. Two adjacent chunks, each solved, merge into
-    their left part up to a vertex ``u*``, one pooled block ``[u*, v*)`` and their right part
-    from a vertex ``v*`` (PAV started on the right chunk can only pool the left chunk's last
-    blocks with its first ones). In the cumulative-sum diagram ``[u*, v*)`` is the bridge
-    between the two chunks' concave majorants, found by a binary search over the left hull
-    whose every step finds the tangent from a point to the right hull (one vectorized
-    comparison against all of the right hull's blocks).
-    Only ranges that cross the middle of the pair are ever evaluated, from within-chunk prefix
-    and suffix statistics.
-    """
-    rows, n = z.shape
-    blk = _blocks(problem, z, start)
-    count = start.sum(1)
-    m = 1 << max(int(count.max()) - 1, 0).bit_length()
-    pts = torch.arange(m + 1, device=z.device)
-    pair = _Pair(problem, _fit(blk.stat, m, problem.identity), _fit(blk.lo, m + 1, n))
-    vertex = pts <= count[:, None]
-    for level in range((m - 1).bit_length()):
-        vertex = pair.merge(vertex, count, 1 << level)
-    first = vertex[:, :-1] & (pts[:-1] < count[:, None])
-    out = torch.zeros(rows, n + 1, dtype=torch.bool, device=z.device)
-    out.scatter_(1, torch.where(first, pair.pos[:, :-1], n).long(), first)
-    return out[:, :n]
-
-
-class _Pair:
-    """Bridges between sibling chunks of units for :func:`_hull_boundaries`.
-
-    ``unit`` (B, m): statistic of every unit; ``pos`` (B, m + 1): element position of every
-    point (the first position of the unit that starts there; ``n`` past the last unit).
-    Values are compared as keys, the fitted value minus the position part of the range
-    ``[b, b + 1)`` at the middle ``b`` of the pair, and always as a block of a chunk's hull
-    against a range that excludes it: by the mediant property (the value of a union lies
-    between the values of its parts) that decides the same as comparing two ranges that differ
-    by the block, but stays well conditioned when the block weighs little against the rest.
-    """
-
-    def __init__(self, problem: _Problem, unit: Tensor, pos: Tensor) -> None:
-        self.problem, self.unit, self.pos = problem, unit, pos
-
-    def merge(self, vertex: Tensor, count: Tensor, h: int) -> Tensor:
-        """Merge every pair of sibling chunks of ``h`` units; return the new vertices."""
-        problem, (rows, m), dev = self.problem, self.unit.shape, self.unit.device
-        pairs, chunks = m // (2 * h), m // h
-        pre = problem.scan(self.unit.view(rows, chunks, h)).view(rows, m)
-        suf = problem.scan(self.unit.view(rows, chunks, h).flip(-1)).flip(-1).view(rows, m)
-        # hull point list of every chunk (padded with a spare slot) and the blocks between
-        cidx = torch.arange(chunks, device=dev)[:, None] * h + torch.arange(h + 1, device=dev)
-        cmask = vertex.index_select(1, cidx.view(-1)).view(rows, chunks, h + 1)
-        rank = cmask.cumsum(-1) - 1
-        lists = torch.zeros(rows, chunks, h + 2, dtype=torch.long, device=dev)
-        lists.scatter_(-1, torch.where(cmask, rank, h + 1), cidx.expand_as(rank))
-        seg = rank[..., :h] + torch.arange(0, rows * chunks * (h + 1), h + 1, device=dev).view(
-            rows, chunks, 1
-        )
-        blocks = problem.segment(self.unit, seg, rows * chunks * (h + 1))
-        lists = lists.view(rows, pairs, 2, h + 2)
-        self.edges = (cmask.sum(-1) - 1).view(rows, pairs, 2)
-        b = (2 * torch.arange(pairs, device=dev) + 1) * h  # pair middles
-        self.ref = _take(self.pos, b.expand(rows, pairs))[..., None, None]
-        self.lists, self.point_pos = lists, _take(self.pos, lists)
-        # statistic of the part of a crossing range on each side of the middle
-        self.part = torch.stack(
-            [
-                torch.where(
-                    lists[:, :, 0] < b[:, None],
-                    _take(suf, lists[:, :, 0].clamp(max=m - 1)),
-                    problem.identity,
-                ),
-                torch.where(
-                    lists[:, :, 1] > b[:, None],
-                    _take(pre, (lists[:, :, 1] - 1).clamp(min=0)),
-                    problem.identity,
-                ),
-            ],
-            2,
-        )
-        self.block_key = self._key(
-            blocks.view(rows, pairs, 2, h + 1), self.point_pos[..., :-1], self.point_pos[..., 1:]
-        )
-        # bridge: the first left-hull point whose tangent to the right hull leaves the next
-        # left-hull point below (strictly: ties pool, as PAV does)
-        lo, hi = torch.zeros_like(self.edges[..., 0]), self.edges[..., 0].clamp(min=0)
-        for _ in range(h.bit_length()):
-            mid = (lo + hi) // 2
-            nxt = self._range_key(mid + 1, self._tangent(mid))
-            move = (lo < hi) & (self._slot(self.block_key[:, :, 0], mid) > nxt)
-            lo, hi = torch.where(move, mid + 1, lo), torch.where((lo < hi) & ~move, mid, hi)
-        u_star = self._slot(lists[:, :, 0], lo)
-        v_star = self._slot(lists[:, :, 1], self._tangent(lo))
-        # points strictly inside a bridge stop being vertices
-        q = torch.arange(m + 1, device=dev)
-        which = (q // (2 * h)).clamp(max=pairs - 1)
-        inside = (u_star.index_select(1, which) < q) & (q < v_star.index_select(1, which))
-        return vertex & ~(inside & (b < count[:, None]).index_select(1, which))
-
-    def _tangent(self, i: Tensor) -> Tensor:
-        """Right-hull slot ``j >= 1`` maximizing the value of ``[U_i, W_j)`` for left-hull slot
-        ``i`` (rows, pairs): the first ``j`` whose block is below the range ``[U_i, W_j)``
-        (the last of equal maxima)."""
-        keys = self._range_key(i, None)[..., :-1]
-        j = torch.arange(keys.shape[-1], device=keys.device)
-        move = (self.block_key[:, :, 1] >= keys) & (j < self.edges[..., 1:])
-        return torch.where(j == 0, True, move).cumprod(-1).sum(-1)
-
-    def _range_key(self, i: Tensor, j: Tensor | None) -> Tensor:
-        """Key of ``[U_i, W_j)`` for slots ``i``, ``j`` (rows, pairs); (rows, pairs, h + 2)
-        for every ``j`` if ``j`` is None."""
-        part_l = self._slot(self.part[:, :, 0], i)[..., None]
-        pos_l = self._slot(self.point_pos[:, :, 0], i)[..., None]
-        part_r, pos_r = self.part[:, :, 1], self.point_pos[:, :, 1]
-        if j is not None:
-            part_r, pos_r = self._slot(part_r, j)[..., None], self._slot(pos_r, j)[..., None]
-        key = self._key(self.problem.combine(part_l, part_r), pos_l, pos_r, self.ref[..., 0])
-        return key if j is None else key[..., 0]
-
-    def _key(self, stat: Tensor, lo_p: Tensor, hi_p: Tensor, ref: Tensor | None = None) -> Tensor:
-        """Fitted value of ranges of positions ``[lo_p, hi_p)`` of statistic ``stat``, minus the
-        position part of ``[ref, ref + 1)`` (default: the pair middles, broadcast to 4-D)."""
-        ref = self.ref if ref is None else ref
-        pos = self.problem.pos_diff(lo_p, hi_p, ref, ref + 1)
-        return self.problem.value(stat, lo_p, hi_p) + pos
-
-    @staticmethod
-    def _slot(t: Tensor, i: Tensor) -> Tensor:
-        """``t[r, p, i[r, p]]`` for ``t`` (rows, pairs, slots), clamped to the last slot."""
-        return torch.gather(t, 2, i.clamp(max=t.shape[-1] - 1)[..., None])[..., 0]
-
-
-def _fit(t: Tensor, width: int, fill: float) -> Tensor:
-    """The first ``width`` columns of ``t``, padded with ``fill`` when ``t`` is narrower."""
-    if t.shape[1] >= width:
-        return t[:, :width].contiguous()
-    return torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), fill)], 1)
-
-
-def _take(t: Tensor, idx: Tensor) -> Tensor:
-    """``t[r, idx[r, ...]]`` for a 2-D ``t`` and an index with the same leading dimension."""
-    return torch.gather(t, 1, idx.reshape(idx.shape[0], -1)).view(idx.shape)
-
-
-def _solve(problem: _Problem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     """Soft sort or soft rank of the ascending rows ``a`` (B, n): ``(values, weight, block)``.
 
     ``values`` are in sorted position order (ranks included); ``weight`` is the per-position
@@ -390,21 +56,23 @@ def _solve(problem: _Problem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
     Block statistics are accumulated in float64, whatever the input precision. After the
     first pass only the rows where something pools are worked on.
     """
-    z = problem.data(a.to(torch.float64))
-    viol = _violations(problem, _singletons(z))
-    if viol is None:  # no pooling at all: the hard sort, or the hard ranks 1 .. n
+    data = problem.block_data(a.to(torch.float64))
+    violating = violating_pairs(problem, singleton_blocks(data))
+    if not bool(violating.any()):  # no pooling at all: the hard sort, or the hard ranks 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
-    pooling = viol.any(1).nonzero()[:, 0]
+    pooling = violating.any(1).nonzero()[:, 0]
     rows = None if len(pooling) == len(a) else pooling
-    sub_a, sub_z, sub_viol = (
-        (a, z, viol) if rows is None else (t.index_select(0, rows) for t in (a, z, viol))
+    sub_a, sub_data, sub_violating = (
+        (a, data, violating)
+        if rows is None
+        else (t.index_select(0, rows) for t in (a, data, violating))
     )
-    start = torch.cat([sub_viol.new_ones(sub_viol.shape[0], 1), ~sub_viol], 1)
-    start, blk, done = _merge_passes(problem, sub_z, max(_MAX_MERGE_PASSES - 1, 0), start)
-    if not done:
-        hull = _hull_boundaries(problem, sub_z, start)
-        _, blk, _ = _merge_passes(problem, sub_z, _TIE_PASSES, hull)
-    values, weight, block = _pooled(problem, sub_a, sub_z, blk)
+    starts = torch.cat([sub_violating.new_ones(sub_violating.shape[0], 1), ~sub_violating], 1)
+    starts, blocks, settled = pool_violators(problem, sub_data, starts, max(MAX_PAV_PASSES - 1, 0))
+    if not settled:
+        starts = hull_block_starts(problem, sub_data, starts)
+        _, blocks, _ = pool_violators(problem, sub_data, starts, TIE_PASSES)
+    values, weight, block = _closed_form(problem, sub_a, sub_data, blocks)
     if rows is None:
         return values, weight, block
     every = torch.arange(a.shape[1], device=a.device).expand(a.shape)
@@ -415,33 +83,35 @@ def _solve(problem: _Problem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
     )
 
 
-def _hard(problem: _Problem, a: Tensor) -> Tensor:
+def _hard(problem: IsotonicProblem, a: Tensor) -> Tensor:
     """The limit without pooling: the sorted values, or the ranks 1 .. n."""
     if problem.kind == "sort":
         return a
     return torch.arange(1, a.shape[1] + 1, device=a.device, dtype=a.dtype).expand(a.shape)
 
 
-def _pooled(problem: _Problem, a: Tensor, z: Tensor, blk: _Blocks) -> tuple[Tensor, Tensor, Tensor]:
-    """``(values, weight, block)`` of :func:`_solve` from the final blocks (made by
-    :func:`_blocks`), by the closed form of each block."""
-    stat, lo, hi, block = blk.per_position()
+def _closed_form(
+    problem: IsotonicProblem, a: Tensor, data: Tensor, blocks: Blocks
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(values, weight, block)`` of :func:`solve` from the final blocks, by the closed form
+    of each block."""
+    statistic, lo, hi, block = blocks.per_position()
     size = hi - lo
-    i = _unit_ranges(a.shape[1], a.device)[0]  # the positions 0 .. n - 1
+    i = unit_ranges(a.shape[1], a.device)[0]  # the positions 0 .. n - 1
     s = problem.strength
-    if not problem.lse:
-        mean = stat / size
+    if not problem.log_sum_exp:
+        mean = statistic / size
         center = (lo + hi - 1) / 2
         values = mean + (i - center) / s if problem.kind == "sort" else center + 1 + (a - mean) / s
         weight = 1 / size
     else:
-        weight = torch.exp(z - stat)
+        weight = torch.exp(data - statistic)
         if problem.kind == "sort":
             one = lo.new_ones(1)
-            offset = cast(Tensor, problem.bounded(lo, hi)) - cast(
-                Tensor, problem.bounded(one, 2 * one)
+            offset = cast(Tensor, problem.bounded_position(lo, hi)) - cast(
+                Tensor, problem.bounded_position(one, 2 * one)
             )
-            values = -stat + (i - lo) / s + offset
+            values = -statistic + (i - lo) / s + offset
         else:
             values = weight * size * (lo + hi + 1) / 2
     return values.to(a.dtype), weight.to(a.dtype), block
@@ -450,7 +120,7 @@ def _pooled(problem: _Problem, a: Tensor, z: Tensor, blk: _Blocks) -> tuple[Tens
 def _forward(
     x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`_solve`.
+    """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`solve`.
 
     Ties are broken as torchsort breaks them (``torch.sort(-x, descending=True)``), so the
     gradients agree with it on tied inputs too. Rows holding NaN or infinity give NaN rows
@@ -463,8 +133,8 @@ def _forward(
         if not bool(ends.all()):
             finite_rows = ends
             values, perm = torch.sort(-torch.where(ends, x, 0), dim=1, descending=True)
-    problem = _Problem("rank" if rank else "sort", regularization, strength)
-    out, weight, block = _solve(problem, -values)
+    problem = IsotonicProblem("rank" if rank else "sort", regularization, strength)
+    out, weight, block = solve(problem, -values)
     if finite_rows is not None:
         out = torch.where(finite_rows, out, math.nan)
         weight = torch.where(finite_rows, weight, math.nan)
@@ -473,15 +143,8 @@ def _forward(
     return out, perm, block, weight
 
 
-def _segment_max(z: Tensor, ids: Tensor, size: int) -> Tensor:
-    """Largest ``z`` of each segment (flat ``z`` and ``ids``), without a gradient: a shift that
-    keeps ``exp`` in range and cancels from every log-sum-exp and softmax it stabilizes."""
-    empty = z.new_full((size,), -math.inf)
-    return empty.scatter_reduce(0, ids, z.detach(), "amax")
-
-
 def _jacobian_weight(
-    problem: _Problem, x: Tensor, perm: Tensor, block: Tensor, weight: Tensor
+    problem: IsotonicProblem, x: Tensor, perm: Tensor, block: Tensor, weight: Tensor
 ) -> Tensor:
     """The per-position factor ``w`` of the block-structured Jacobian, as a differentiable
     function of ``x`` so that the backward and forward-mode passes differentiate again.
@@ -490,12 +153,12 @@ def _jacobian_weight(
     statistic's data ``z`` (``-a`` for sort, ``a / s`` for rank), recomputed from ``x``; rows
     that were not finite keep their NaN weight. An empty ``block`` (singletons) has ``w = 1``.
     """
-    if not problem.lse or block.numel() == 0:
+    if not problem.log_sum_exp or block.numel() == 0:
         return weight
     rows, n = x.shape
     ids = (block + torch.arange(0, rows * n, n, device=x.device)[:, None]).view(-1)
-    z = problem.data(x.gather(1, perm).to(torch.float64)).reshape(-1)
-    shifted = torch.exp(z - _segment_max(z, ids, rows * n)[ids])
+    data = problem.block_data(x.gather(1, perm).to(torch.float64)).reshape(-1)
+    shifted = torch.exp(data - segment_max(data, ids, rows * n)[ids])
     total = shifted.new_zeros(rows * n).index_add(0, ids, shifted)
     w = (shifted / total[ids]).view(rows, n).to(weight.dtype)
     return torch.where(weight.isnan(), weight, w)
@@ -513,7 +176,7 @@ def _backward(
     differentiable function of ``grad``, ``x`` and ``out``, so second derivatives are exact.
     """
     x, out, perm, block, weight = saved
-    problem = _Problem("rank" if rank else "sort", regularization, strength)
+    problem = IsotonicProblem("rank" if rank else "sort", regularization, strength)
     w = _jacobian_weight(problem, x, perm, block, weight)
     if rank:
         h = grad.gather(1, perm)
@@ -522,7 +185,7 @@ def _backward(
         grad_a = (h - w * _block_sums(h, block)) / strength
     else:
         grad_a = w * _block_sums(grad, block)
-    return torch.zeros_like(grad_a).scatter(1, perm, grad_a)
+    return torch.empty_like(grad_a).scatter(1, perm, grad_a)
 
 
 def _jvp(
@@ -532,7 +195,7 @@ def _jvp(
     the sorted input, sort ``out_t = sum_B(w * t)``; rank ``r_t = (t - sum_B(w * t)) / s``
     (times ``r`` for kl), scattered back to the input's positions."""
     x, out, perm, block, weight = saved
-    problem = _Problem("rank" if rank else "sort", regularization, strength)
+    problem = IsotonicProblem("rank" if rank else "sort", regularization, strength)
     w = _jacobian_weight(problem, x, perm, block, weight)
     t = tangent.gather(1, perm)
     if not rank:
@@ -540,7 +203,7 @@ def _jvp(
     r_t = (t - _block_sums(w * t, block)) / strength
     if regularization == "kl":
         r_t = r_t * out.gather(1, perm)
-    return torch.zeros_like(r_t).scatter(1, perm, r_t)
+    return torch.empty_like(r_t).scatter(1, perm, r_t)
 
 
 def _block_sums(g: Tensor, block: Tensor) -> Tensor:

@@ -1,0 +1,76 @@
+"""Parallel pool adjacent violators: every pass pools every run of adjacent violating blocks.
+
+Two adjacent blocks *violate* the isotonic order when the right one's fitted value is ``>=`` the
+left one's (ties pool too, as in torchsort). Pooling any adjacent violators is valid (they share
+a value in the solution), so every pass only coarsens the partition towards the solution; a pass
+without violators leaves it unchanged. Typical inputs settle in a few passes; heavy tails and
+outliers can need a number of passes growing like ``sqrt(n)`` or ``n`` (the bounded hull merge
+of :mod:`._hull_merge` takes over then).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from ._block_problem import Blocks, IsotonicProblem, blocks_from_starts
+
+#: Adjacent blocks whose fitted values agree to this relative tolerance count as tied and are
+#: pooled (torchsort pools ties too, and its backward merges blocks equal within 1e-9): exact
+#: ties, common with integer inputs, would otherwise be decided by rounding. Pooling tied blocks
+#: does not change the values, only which subgradient the backward returns.
+TIE_RTOL = 1e-12
+
+
+def violating_pairs(problem: IsotonicProblem, blocks: Blocks) -> Tensor:
+    """(B, n - 1): whether block slot ``k + 1`` is ``>=`` slot ``k`` (up to rounding, see
+    :data:`TIE_RTOL`), both being real blocks."""
+    left, right = (..., slice(None, -1)), (..., slice(1, None))
+    if blocks.slot is None:
+        value = problem.data_value(blocks.statistic, None, None)
+        position_gap, gap_tolerance = _singleton_position_gaps(
+            problem, value.shape[1], value.device
+        )
+        real = None
+    else:
+        value = problem.data_value(blocks.statistic, blocks.lo, blocks.hi)
+        lo, hi = blocks.lo, blocks.hi
+        position_gap = problem.linear_position_gap(lo[right], hi[right], lo[left], hi[left])
+        bounded = problem.bounded_position(lo, hi)
+        if bounded is not None:
+            position_gap = position_gap + (bounded[right] - bounded[left])
+        gap_tolerance = TIE_RTOL * position_gap.abs()
+        real = lo[right] < lo.shape[-1]
+    size = value.abs()
+    tolerance = TIE_RTOL * (size[right] + size[left]) + gap_tolerance
+    violating = value[right] - value[left] + position_gap + tolerance >= 0
+    return violating if real is None else violating & real
+
+
+@functools.lru_cache(maxsize=64)
+def _singleton_position_gaps(
+    problem: IsotonicProblem, n: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``Pos[k + 1, k + 2) - Pos[k, k + 1)`` for ``k < n - 1``, and its tie tolerance."""
+    lo = torch.arange(n, device=device, dtype=torch.float64)
+    gap = problem.position_gap(lo[1:], lo[1:] + 1, lo[:-1], lo[:-1] + 1)
+    return gap, TIE_RTOL * gap.abs()
+
+
+def pool_violators(
+    problem: IsotonicProblem, data: Tensor, starts: Tensor, max_passes: int
+) -> tuple[Tensor, Blocks, bool]:
+    """Up to ``max_passes`` passes of parallel PAV from the blocks that begin where ``starts``
+    (B, n) is true. Returns the new block starts, their blocks and whether they are final."""
+    blocks = blocks_from_starts(problem, data, starts)
+    for _ in range(max_passes):
+        violating = violating_pairs(problem, blocks)
+        if not bool(violating.any()):
+            return starts, blocks, True
+        pooled = torch.cat([violating.new_zeros(violating.shape[0], 1), violating], 1)
+        starts = starts & ~pooled.view(-1)[cast(Tensor, blocks.slot)]
+        blocks = blocks_from_starts(problem, data, starts)
+    return starts, blocks, False
