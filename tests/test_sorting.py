@@ -22,26 +22,39 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from aot_losses import _validation, ot_1d
 from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
 
 from .tolerances import TOLERANCES, assert_close
 
-STAGES = ("passes", "hull")
+STAGES = ("passes", "hull", "accelerator")
 REGS = ("l2", "kl")
 SoftFn = Callable[..., torch.Tensor]
 
 
 @contextlib.contextmanager
 def _stage(stage: str) -> Iterator[None]:
-    """Run the torch backend with its default solver or with the hull merge only."""
-    saved = _isotonic.MAX_PAV_PASSES
-    _isotonic.MAX_PAV_PASSES = 0 if stage == "hull" else saved
+    """Run the torch backend with its default solver, with the hull merge only (no PAV pass),
+    or with the accelerator's schedule of host reads (on the CPU)."""
+    saved = (
+        _isotonic.CHEAP_READ_SCHEDULE,
+        _isotonic.ACCELERATOR_SCHEDULE,
+        _isotonic.reads_are_cheap,
+    )
+    if stage == "hull":
+        _isotonic.CHEAP_READ_SCHEDULE = _isotonic.ACCELERATOR_SCHEDULE = ()
+    elif stage == "accelerator":
+        _isotonic.reads_are_cheap = lambda device: False
     try:
         yield
     finally:
-        _isotonic.MAX_PAV_PASSES = saved
+        (
+            _isotonic.CHEAP_READ_SCHEDULE,
+            _isotonic.ACCELERATOR_SCHEDULE,
+            _isotonic.reads_are_cheap,
+        ) = saved
 
 
 @pytest.fixture
@@ -750,3 +763,56 @@ def test_meta_tensors_give_meta_tensors_or_a_clear_error(rank: bool) -> None:
             ValueError, match="x must not be a meta tensor with backend='torchsort'"
         ):
             _soft(rank)(x, backend="torchsort")
+
+
+# --------------------------------------------------------------------------- host reads
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operators that read tensor values on the host (a device synchronization on
+    an accelerator): ``item``/``bool``/``int`` (``_local_scalar_dense``) and the operators
+    whose output size depends on the values."""
+
+    READS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += str(func.overloadpacket).removeprefix("aten.") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("rank", [False, True])
+@pytest.mark.parametrize("reg", REGS)
+def test_accelerator_schedule_bounds_the_host_reads(
+    value_checks: None, reg: str, rank: bool
+) -> None:
+    """With the accelerator's schedule (forced on the CPU), a call reads the host once when
+    nothing pools, twice when two passes settle the blocks, at most 6 times in all (5 reads
+    between passes, 1 for the hull merge); non-finite rows and the backward read nothing.
+    (The CPU schedule, a read per pass, read 1, 5 and 35 times on the sort cases.)"""
+    _validation.set_value_checks("never")  # value checks read too; on accelerators they are off
+    cases = [  # (input, strength, reads of the sort): found by counting the passes needed
+        (_inputs("random", (4, 300), seed=1), 0.3, 1),  # nothing pools
+        (_inputs("random", (4, 300), seed=0), 3.0, 2),  # two passes settle it
+        (_inputs("heavy", (4, 300), seed=0), 10.0, 6),  # the hull merge
+        *[(_inputs(kind, (4, 300), seed=2), s, None) for kind in ("random", "heavy")
+          for s in (0.1, 10.0)],
+    ]  # fmt: skip
+    for x, s, reads in cases:
+        x = x.clone()
+        x[-1, 0] = math.nan  # a non-finite row costs no read
+        x.requires_grad_()
+        with _stage("accelerator"), _HostReads() as forward:
+            out = _soft(rank)(x, regularization=reg, regularization_strength=s)
+        assert forward.count <= 6, (s, forward.count)
+        if reads is not None and not rank:
+            assert forward.count == reads, (s, forward.count)
+        with _HostReads() as backward:
+            (out[:-1] * torch.arange(x.shape[1])).sum().backward()
+        assert backward.count == 0, (s, "backward", backward.count)
+        expected = _soft(rank)(x.detach()[:-1], regularization=reg, regularization_strength=s)
+        torch.testing.assert_close(out[:-1], expected)
+        assert bool(out[-1].isnan().all())

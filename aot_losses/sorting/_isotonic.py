@@ -15,8 +15,8 @@ blocks ``B = [lo, hi)`` (:mod:`._block_problem`) and, per block:
 * rank, kl: ``r_i = softmax_B(a / s)_i * sum_B(i + 1)``.
 
 The blocks are found in two stages, both vectorized over the batch and the positions: parallel
-PAV passes (:mod:`._parallel_pav`), then, if ``MAX_PAV_PASSES`` passes did not settle them, the
-bounded hull merge (:mod:`._hull_merge`). The Jacobian is block structured (sort: a
+PAV passes (:mod:`._parallel_pav`), then, if 30 or 31 passes did not settle them, the bounded
+hull merge (:mod:`._hull_merge`). The Jacobian is block structured (sort: a
 block-averaging matrix times the sorting permutation); the backward and forward-mode passes use
 it directly, in ``O(n)`` memory, as differentiable functions of ``x`` (exact second derivatives).
 """
@@ -41,10 +41,22 @@ from ._parallel_pav import pool_violators, violating_pairs
 
 Regularization = Literal["l2", "kl"]
 
-#: Passes of parallel PAV tried before the bounded hull merge.
-MAX_PAV_PASSES = 32
-#: Passes of parallel PAV after it, to pool blocks whose values are equal up to rounding.
+#: Passes of parallel PAV between two reads of "settled?" on the host, before the bounded hull
+#: merge takes over (a read is a device synchronization on an accelerator). Where reads are
+#: cheap (CPU): a read before every pass, 31 passes in all.
+CHEAP_READ_SCHEDULE = (0,) + (1,) * 31
+#: On an accelerator: reads before any pass (nothing pools: the common case), then after 2, 6,
+#: 14 and 30 passes; at most 5 reads instead of one per pass.
+ACCELERATOR_SCHEDULE = (0, 2, 4, 8, 16)
+#: Passes of parallel PAV after the hull merge, without reads, to pool blocks whose values are
+#: equal up to rounding.
 TIE_PASSES = 8
+
+
+def reads_are_cheap(device: torch.device) -> bool:
+    """Whether reading a tensor value on the host costs nothing much (no device to wait for):
+    then the solver reads after every pass and works on the rows that pool only."""
+    return device.type == "cpu"
 
 
 def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -53,34 +65,45 @@ def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor |
     ``values`` are in sorted position order (ranks included); ``weight`` is the per-position
     factor of the block-structured Jacobian (``1 / |B|`` for l2, the block softmax for kl);
     ``block`` is the row-local index of the block of every position (``None``: singletons).
-    Block statistics are accumulated in float64, whatever the input precision. After the
-    first pass only the rows where something pools are worked on.
+    Block statistics are accumulated in float64, whatever the input precision.
+
+    Host reads: on the CPU, after every pass (:data:`CHEAP_READ_SCHEDULE`), and only the rows
+    where something pools are worked on. On an accelerator, by :data:`ACCELERATOR_SCHEDULE`:
+    1 read when nothing pools, 2 when two passes settle the blocks, at most 5 for the passes,
+    plus 1 (the number of blocks) when the hull merge runs; nothing else reads.
     """
     data = problem.block_data(a.to(torch.float64))
     violating = violating_pairs(problem, singleton_blocks(data))
-    if not bool(violating.any()):  # no pooling at all: the hard sort, or the hard ranks 1 .. n
+    starts = torch.cat([violating.new_ones(violating.shape[0], 1), ~violating], 1)
+    if not reads_are_cheap(a.device):
+        return _solve_rows(problem, a, data, starts, ACCELERATOR_SCHEDULE)
+    if not bool(violating.any()):  # no pooling at all: the hard sort, or the ranks 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
     pooling = violating.any(1).nonzero()[:, 0]
-    rows = None if len(pooling) == len(a) else pooling
-    sub_a, sub_data, sub_violating = (
-        (a, data, violating)
-        if rows is None
-        else (t.index_select(0, rows) for t in (a, data, violating))
+    if len(pooling) == len(a):
+        return _solve_rows(problem, a, data, starts, CHEAP_READ_SCHEDULE)
+    a_rows, data_rows, starts_rows = (t.index_select(0, pooling) for t in (a, data, starts))
+    values, weight, block = _solve_rows(
+        problem, a_rows, data_rows, starts_rows, CHEAP_READ_SCHEDULE
     )
-    starts = torch.cat([sub_violating.new_ones(sub_violating.shape[0], 1), ~sub_violating], 1)
-    starts, blocks, settled = pool_violators(problem, sub_data, starts, max(MAX_PAV_PASSES - 1, 0))
-    if not settled:
-        starts = hull_block_starts(problem, sub_data, starts)
-        _, blocks, _ = pool_violators(problem, sub_data, starts, TIE_PASSES)
-    values, weight, block = _closed_form(problem, sub_a, sub_data, blocks)
-    if rows is None:
-        return values, weight, block
     every = torch.arange(a.shape[1], device=a.device).expand(a.shape)
     return (
-        _hard(problem, a).index_copy(0, rows, values),
-        torch.ones_like(a).index_copy(0, rows, weight),
-        every.index_copy(0, rows, block),
+        _hard(problem, a).index_copy(0, pooling, values),
+        torch.ones_like(a).index_copy(0, pooling, weight),
+        every.index_copy(0, pooling, block),
     )
+
+
+def _solve_rows(
+    problem: IsotonicProblem, a: Tensor, data: Tensor, starts: Tensor, schedule: tuple[int, ...]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`solve` of the rows ``a`` from the blocks beginning at ``starts``: parallel PAV
+    by ``schedule``, then, if that did not settle them, the hull merge and the tie passes."""
+    starts, blocks, settled = pool_violators(problem, data, starts, schedule)
+    if not settled:
+        starts = hull_block_starts(problem, data, starts)
+        _, blocks, _ = pool_violators(problem, data, starts, (TIE_PASSES,), read_last=False)
+    return _closed_form(problem, a, data, blocks)
 
 
 def _hard(problem: IsotonicProblem, a: Tensor) -> Tensor:
@@ -124,15 +147,13 @@ def _forward(
 
     Ties are broken as torchsort breaks them (``torch.sort(-x, descending=True)``), so the
     gradients agree with it on tied inputs too. Rows holding NaN or infinity give NaN rows
-    (``finite``: the caller has checked that there are none).
+    (``finite``: the caller has checked that there are none), without a host read.
     """
     values, perm = torch.sort(-x, dim=1, descending=True)
     finite_rows = None  # None: every row is finite
     if not finite:  # NaN sorts first and infinities to the ends: the end columns tell
-        ends = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
-        if not bool(ends.all()):
-            finite_rows = ends
-            values, perm = torch.sort(-torch.where(ends, x, 0), dim=1, descending=True)
+        finite_rows = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
+        values = torch.where(finite_rows, values, 0)  # solved as zeros, then set to NaN
     problem = IsotonicProblem("rank" if rank else "sort", regularization, strength)
     out, weight, block = solve(problem, -values)
     if finite_rows is not None:

@@ -61,16 +61,30 @@ def _singleton_position_gaps(
 
 
 def pool_violators(
-    problem: IsotonicProblem, data: Tensor, starts: Tensor, max_passes: int
+    problem: IsotonicProblem,
+    data: Tensor,
+    starts: Tensor,
+    schedule: tuple[int, ...],
+    *,
+    read_last: bool = True,
 ) -> tuple[Tensor, Blocks, bool]:
-    """Up to ``max_passes`` passes of parallel PAV from the blocks that begin where ``starts``
-    (B, n) is true. Returns the new block starts, their blocks and whether they are final."""
+    """Passes of parallel PAV from the blocks that begin where ``starts`` (B, n) is true.
+
+    ``schedule[k]`` passes run before the ``k``-th read of "any violators left?" on the host
+    (a device synchronization on an accelerator); a pass without violators changes nothing, so
+    passes run between reads cost work, never correctness. Returns the block starts, their
+    blocks and whether a read found them final (``read_last=False``: the last group of passes
+    runs without a read, and the result is returned as not known to be final).
+    """
     blocks = blocks_from_starts(problem, data, starts)
-    for _ in range(max_passes):
-        violating = violating_pairs(problem, blocks)
-        if not bool(violating.any()):
+    for k, passes in enumerate(schedule):
+        for _ in range(passes):
+            violating = violating_pairs(problem, blocks)
+            pooled = torch.cat([violating.new_zeros(violating.shape[0], 1), violating], 1)
+            starts = starts & ~pooled.view(-1)[cast(Tensor, blocks.slot)]
+            blocks = blocks_from_starts(problem, data, starts)
+        if (read_last or k < len(schedule) - 1) and not bool(
+            violating_pairs(problem, blocks).any()
+        ):
             return starts, blocks, True
-        pooled = torch.cat([violating.new_zeros(violating.shape[0], 1), violating], 1)
-        starts = starts & ~pooled.view(-1)[cast(Tensor, blocks.slot)]
-        blocks = blocks_from_starts(problem, data, starts)
     return starts, blocks, False
