@@ -476,7 +476,7 @@ class _AOTObjective:
                     f"{len(step)} micro-batches"
                 )
             self._micro_batch += 1
-        total: Tensor | None = None
+        terms = []
         for j, (m, weight) in enumerate(zip(margins, self.weights, strict=True)):
             u, v = m.u, m.v
             if step is not None:
@@ -486,12 +486,10 @@ class _AOTObjective:
                 # value: the loss of the step's whole batch; gradient scaled by the number of
                 # micro-batches, which the Trainer divides every micro-batch loss by
                 value = value.detach() + len(step) * (value - value.detach())
-            total = weight * value if total is None else total + weight * value
+            terms.append(weight * value)
             prefix = "fsd/" if len(margins) == 1 else f"fsd/{m.loss_type}/"
             self._log(prefix, u, v, metrics)
-        if total is None:  # pragma: no cover - the configs require an AOT loss type
-            raise RuntimeError("no AOT loss type to compute")
-        return total
+        return sum(terms[1:], terms[0])  # the configs require at least one AOT loss type
 
     @staticmethod
     def _with_step(
