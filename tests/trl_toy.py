@@ -12,13 +12,15 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from datasets import Dataset
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # datasets comes with TRL (imported where used: pytest imports this module)
+    from datasets import Dataset
 
 WORDS = "the a cat dog bird sat ran flew on under mat tree fast slow big small red blue".split()
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
@@ -70,6 +72,8 @@ def paired_dataset(size: int = 32, seed: int = 0, *, equal_lengths: bool = False
     """``size`` random prompt / chosen / rejected rows. With ``equal_lengths`` every prompt has
     3 words and every completion 4, so that no batch is padded: a sample's log-probs then do not
     depend on which samples share its batch (GPT-2's positions shift with left padding)."""
+    from datasets import Dataset
+
     rng = random.Random(seed)
     prompt, completion = ((3, 3), (4, 4)) if equal_lengths else ((2, 4), (1, 5))
     rows = [
@@ -86,6 +90,8 @@ def paired_dataset(size: int = 32, seed: int = 0, *, equal_lengths: bool = False
 def unpaired_dataset(labels: list[bool], seed: int = 0, *, equal_lengths: bool = False) -> Dataset:
     """Random prompt / completion rows with the given labels, in that order (``equal_lengths``:
     as in :func:`paired_dataset`)."""
+    from datasets import Dataset
+
     rng = random.Random(seed)
     prompt, completion = ((3, 3), (4, 4)) if equal_lengths else ((2, 4), (1, 5))
     rows = [
