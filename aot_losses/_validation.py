@@ -19,6 +19,28 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+__all__ = [
+    "Reduction",
+    "ValueChecks",
+    "check_choice",
+    "check_finite",
+    "check_int",
+    "check_label_smoothing",
+    "check_logps",
+    "check_positive",
+    "check_real",
+    "check_reduction",
+    "check_same_device",
+    "check_same_dtype",
+    "check_tensor",
+    "check_weights",
+    "describe",
+    "get_value_checks",
+    "reduce",
+    "set_value_checks",
+    "values_checked",
+]
+
 ValueChecks = Literal["auto", "always", "never"]
 Reduction = Literal["mean", "sum", "none"]
 

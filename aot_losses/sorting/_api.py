@@ -24,6 +24,16 @@ from ._isotonic import Regularization, isotonic_soft_sort
 from ._sinkhorn import Targets, sinkhorn_soft_sort
 from ._torchsort import torchsort_soft
 
+__all__ = [
+    "Backend",
+    "RankBackend",
+    "SoftOptions",
+    "SoftSort",
+    "hard_sort",
+    "soft_rank",
+    "soft_sort",
+]
+
 Backend = Literal["torch", "torchsort", "sinkhorn"]
 RankBackend = Literal["torch", "torchsort"]
 

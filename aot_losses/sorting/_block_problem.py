@@ -31,6 +31,15 @@ from typing import cast
 import torch
 from torch import Tensor
 
+__all__ = [
+    "Blocks",
+    "IsotonicProblem",
+    "blocks_from_starts",
+    "segment_max",
+    "singleton_blocks",
+    "unit_ranges",
+]
+
 
 @dataclass(frozen=True)
 class IsotonicProblem:

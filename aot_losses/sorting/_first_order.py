@@ -13,6 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+__all__ = [
+    "first_order_only",
+]
+
 
 class _FirstOrderOnly(torch.autograd.Function):
     """Identity; its backward raises under ``create_graph=True`` (grad mode on in backward)."""

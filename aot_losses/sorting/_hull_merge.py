@@ -21,6 +21,10 @@ from torch import Tensor
 
 from ._block_problem import IsotonicProblem, blocks_from_starts
 
+__all__ = [
+    "hull_block_starts",
+]
+
 
 def hull_block_starts(problem: IsotonicProblem, data: Tensor, starts: Tensor) -> Tensor:
     """The solution's block starts (B, n) from any partition finer than the solution (the

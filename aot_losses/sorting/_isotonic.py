@@ -39,6 +39,16 @@ from ._block_problem import (
 from ._hull_merge import hull_block_starts
 from ._parallel_pav import pool_violators, violating_pairs
 
+__all__ = [
+    "ACCELERATOR_SCHEDULE",
+    "CHEAP_READ_SCHEDULE",
+    "TIE_PASSES",
+    "Regularization",
+    "isotonic_soft_sort",
+    "reads_are_cheap",
+    "solve",
+]
+
 Regularization = Literal["l2", "kl"]
 
 #: Passes of parallel PAV between two reads of "settled?" on the host, before the bounded hull

@@ -18,6 +18,12 @@ from torch import Tensor
 
 from ._block_problem import Blocks, IsotonicProblem, blocks_from_starts
 
+__all__ = [
+    "TIE_RTOL",
+    "pool_violators",
+    "violating_pairs",
+]
+
 #: Adjacent blocks whose fitted values agree to this relative tolerance count as tied and are
 #: pooled (torchsort pools ties too, and its backward merges blocks equal within 1e-9): exact
 #: ties, common with integer inputs, would otherwise be decided by rounding. Pooling tied blocks

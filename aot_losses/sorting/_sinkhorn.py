@@ -38,6 +38,11 @@ from torch import Tensor
 
 from ._first_order import first_order_only
 
+__all__ = [
+    "Targets",
+    "sinkhorn_soft_sort",
+]
+
 Targets = Literal["sorted", "grid"]
 
 

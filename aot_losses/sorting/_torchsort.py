@@ -14,6 +14,10 @@ from torch import Tensor
 
 from ._first_order import first_order_only
 
+__all__ = [
+    "torchsort_soft",
+]
+
 
 def _import_torchsort() -> Any:
     try:
