@@ -1,0 +1,244 @@
+"""One contract, run over every loss and ``ot_1d`` on every device (kornia's ``BaseTester`` and
+torchmetrics' ``MetricTester`` in spirit): a smoke test, the bad-input messages, float64
+gradcheck and gradgradcheck, dtype and device kept, ``torch.compile`` equal to eager, and the
+``nn.Module`` wrapper equal to the function. Each loss's own formulas and oracles are tested in
+its own file."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import aot_losses
+from aot_losses import SoftSort, aot_paired_loss, aot_unpaired_loss, ot_1d
+from aot_losses.baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
+from aot_losses.nn import (
+    AOTPairedLoss,
+    AOTUnpairedLoss,
+    DPOLoss,
+    IPOLoss,
+    KTOLoss,
+    SLiCLoss,
+)
+
+from .tolerances import TOLERANCES, assert_close
+
+LOGPS = (
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "reference_chosen_logps",
+    "reference_rejected_logps",
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A function under the contract: its positional tensors (names, last-dimension sizes,
+    which get gradients), a non-default call's options and its module form."""
+
+    name: str
+    function: Callable[..., Tensor]
+    names: tuple[str, ...] = LOGPS
+    sizes: tuple[int, ...] = (6, 6, 6, 6)
+    leading: tuple[int, ...] = ()
+    differentiable: tuple[int, ...] = (0, 1)
+    options: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)  # weight option -> its size
+    module: type[nn.Module] | None = None
+
+    def inputs(self, dtype: torch.dtype, device: torch.device, seed: int = 0) -> list[Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return [
+            (-3 * torch.rand(*self.leading, n, generator=gen, dtype=torch.float64) - 1)
+            .to(dtype)
+            .to(device)
+            for n in self.sizes
+        ]
+
+    def call_options(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+        gen = torch.Generator().manual_seed(99)
+        weights = {
+            name: (torch.rand(n, generator=gen, dtype=torch.float64) + 0.1).to(dtype).to(device)
+            for name, n in self.weights.items()
+        }
+        return {**self.options, **weights}
+
+
+CASES = [
+    Case("aot_paired", aot_paired_loss, options={"beta": 0.5}, module=AOTPairedLoss),
+    Case(
+        "aot_paired_weighted_soft",
+        aot_paired_loss,
+        options={
+            "beta": 0.5,
+            "penalty": "squared_hinge",
+            "sort": SoftSort(regularization_strength=2.0),
+        },
+        weights={"weights": 6},
+        module=AOTPairedLoss,
+    ),
+    Case(
+        "aot_unpaired_unequal_weighted",
+        aot_unpaired_loss,
+        sizes=(6, 4, 6, 4),
+        options={"beta": 0.3, "penalty": "least_squares"},
+        weights={"chosen_weights": 6, "rejected_weights": 4},
+        module=AOTUnpairedLoss,
+    ),
+    Case(
+        "aot_unpaired_soft_kl",
+        aot_unpaired_loss,
+        sizes=(5, 7, 5, 7),
+        options={"sort": "soft", "regularization": "kl", "regularization_strength": 0.5},
+        module=AOTUnpairedLoss,
+    ),
+    Case(
+        "ot_1d",
+        ot_1d,
+        names=("u", "v"),
+        sizes=(5, 7),
+        leading=(2,),
+        options={"penalty": "hinge", "beta": 0.2},
+        weights={"u_weights": 5},
+    ),
+    Case("dpo", dpo_loss, options={"beta": 0.3, "label_smoothing": 0.1}, module=DPOLoss),
+    Case("ipo", ipo_loss, options={"beta": 0.4}, module=IPOLoss),
+    Case("slic", slic_loss, options={"margin": 0.5}, module=SLiCLoss),
+    Case(
+        "kto",
+        kto_loss,
+        sizes=(5, 3, 5, 3),
+        options={"beta": 0.3, "desirable_weight": 2.0, "kl": 0.1},  # z0 held fixed: not a gradient
+        module=KTOLoss,
+    ),
+]
+cases = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+
+
+def call(
+    case: Case, inputs: list[Any], device: torch.device, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    return case.function(*inputs, **case.call_options(dtype, device))
+
+
+@cases
+def test_smoke(case: Case, device: torch.device) -> None:
+    inputs = case.inputs(torch.float64, device)
+    value = call(case, inputs, device)
+    assert value.shape == case.leading and bool(torch.isfinite(value).all())
+    per_term = case.function(*inputs, **case.call_options(torch.float64, device), reduction="none")
+    total = case.function(*inputs, **case.call_options(torch.float64, device), reduction="sum")
+    assert_close(per_term.mean(-1), value)
+    assert_close(per_term.sum(-1), total)
+
+
+BAD = {
+    "a list": (lambda t: t.tolist(), TypeError, "must be a torch.Tensor"),
+    "integers": (lambda t: t.long(), TypeError, "must have a floating-point dtype"),
+    "another dtype": (lambda t: t.float(), TypeError, "must have the same dtype as"),
+    "another device": (lambda t: t.to("meta"), ValueError, "must be on the same device as"),
+    "a NaN": (
+        lambda t: torch.where(torch.arange(t.shape[-1], device=t.device) == 1, math.nan, t),
+        ValueError,
+        "must be finite",
+    ),
+}
+
+
+@cases
+@pytest.mark.parametrize("bad", list(BAD))
+def test_bad_input_names_the_argument(
+    case: Case, bad: str, device: torch.device, value_checks: None
+) -> None:
+    aot_losses.set_value_checks("always")  # the NaN check reads values, on CUDA too
+    transform, error, message = BAD[bad]
+    for i, name in enumerate(case.names):
+        inputs: list[Any] = case.inputs(torch.float64, device)
+        inputs[i] = transform(inputs[i])
+        with pytest.raises(error, match=message) as raised:
+            call(case, inputs, device)
+        assert name in str(raised.value), (name, str(raised.value))
+
+
+@cases
+def test_gradcheck_and_gradgradcheck_float64(case: Case, device: torch.device) -> None:
+    inputs = case.inputs(torch.float64, device, seed=1)
+    grad = [inputs[i].requires_grad_() for i in case.differentiable]
+
+    def fn(*args: Tensor) -> Tensor:
+        full = list(inputs)
+        for i, arg in zip(case.differentiable, args, strict=True):
+            full[i] = arg
+        return call(case, full, device)
+
+    assert torch.autograd.gradcheck(fn, grad)
+    assert torch.autograd.gradgradcheck(fn, grad)
+
+
+@cases
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_dtype_and_device_kept(case: Case, dtype: torch.dtype, device: torch.device) -> None:
+    inputs = case.inputs(dtype, device)
+    for t in inputs[:2]:
+        t.requires_grad_()
+    value = call(case, inputs, device, dtype)
+    assert value.dtype == dtype and value.device.type == device.type
+    value.sum().backward()
+    assert inputs[0].grad is not None and inputs[0].grad.dtype == dtype
+    exact = call(
+        case, [t.detach().double() for t in inputs], device, dtype
+    )  # the same rounded inputs
+    assert_close(value, exact, dtype)
+
+
+@cases
+def test_torch_compile_equals_eager(case: Case, device: torch.device) -> None:
+    """One graph (``fullgraph=True``; ``aot_eager``: no C++ compiler needed): value and
+    gradient equal eager mode's."""
+    torch._dynamo.reset()
+    inputs = case.inputs(torch.float64, device, seed=2)
+    options = case.call_options(torch.float64, device)
+
+    def fn(first: Tensor) -> Tensor:
+        return case.function(first, *inputs[1:], **options)
+
+    eager, compiled = inputs[0].clone().requires_grad_(), inputs[0].clone().requires_grad_()
+    expected = fn(eager)
+    got = torch.compile(fn, fullgraph=True, backend="aot_eager")(compiled)
+    expected.sum().backward()
+    got.sum().backward()
+    assert_close(got, expected)
+    assert_close(compiled.grad, eager.grad)
+
+
+@cases
+def test_module_wrapper_equals_the_function(case: Case, device: torch.device) -> None:
+    if case.module is None:
+        pytest.skip(f"{case.name} has no module form")
+    inputs = case.inputs(torch.float64, device, seed=3)
+    options = case.call_options(torch.float64, device)
+    tensors = {k: v for k, v in options.items() if isinstance(v, Tensor)}
+    module = case.module(**{k: v for k, v in options.items() if k not in tensors})
+    assert_close(module(*inputs, **tensors), case.function(*inputs, **options))
+    for name, value in options.items():
+        if name not in tensors:
+            assert f"{name}={value!r}" in repr(module)
+    with pytest.raises(TypeError, match="unexpected option 'betta'"):
+        case.module(betta=1.0)
+
+
+def test_every_loss_is_under_the_contract() -> None:
+    """A new public loss gets a case here."""
+    functions = {c.function for c in CASES}
+    losses = {aot_paired_loss, aot_unpaired_loss, ot_1d, dpo_loss, ipo_loss, slic_loss, kto_loss}
+    assert functions == losses
+    modules = {c.module for c in CASES if c.module is not None}
+    public = {getattr(aot_losses.nn, name) for name in aot_losses.nn.__all__}
+    assert modules == public
+    assert set(TOLERANCES) == {torch.float64, torch.float32, torch.bfloat16, torch.float16}
