@@ -251,36 +251,25 @@ def _gather(
     u_weights: Tensor | None,
     v_weights: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Concatenate every rank's samples (and weights) in rank order, differentiably."""
-    u, u_weights = _gather_side(group, u, u_weights, "u", "u_weights")
-    v, v_weights = _gather_side(group, v, v_weights, "v", "v_weights")
+    """Concatenate every rank's samples and weights in rank order, differentiably, in one
+    packed gather (:func:`aot_losses.distributed.gather_concat_many`): two collectives forward
+    (the metadata of both sides, then their samples and weights) and one backward (the packed
+    gradient of the sides that need one). A rank that passes weights while another does not is
+    reported on every rank, from the metadata."""
+    from .distributed import gather_concat_many
+
+    weight_names = ("u_weights", "v_weights")
+    (u, v), (u_weights, v_weights) = gather_concat_many(
+        (u, v), group, names=("u", "v"), weights=(u_weights, v_weights), weight_names=weight_names
+    )
+    for name, x, weights, weights_name in zip(
+        ("u", "v"), (u, v), (u_weights, v_weights), weight_names, strict=True
+    ):
+        if x.shape[-1] == 0:
+            raise ValueError(f"{name} must be non-empty on at least one rank of process_group")
+        if weights is not None:
+            check_weights(weights, weights_name, x, "the gathered samples")
     return u, v, u_weights, v_weights
-
-
-def _gather_side(
-    group: ProcessGroup, x: Tensor, weights: Tensor | None, name: str, weights_name: str
-) -> tuple[Tensor, Tensor | None]:
-    """One collective per side: the samples, stacked with their weights when given (so a rank
-    that passes weights while another does not is a shape disagreement, raised on every rank,
-    not a hang)."""
-    from .distributed import gather_concat
-
-    try:
-        if weights is None:
-            x = gather_concat(x, group, name=name)
-        else:
-            dtype = torch.promote_types(x.dtype, weights.dtype)
-            stacked = torch.stack((x.to(dtype), weights.detach().to(dtype).expand_as(x)))
-            stacked = gather_concat(stacked, group, name=f"{name} stacked with {weights_name}")
-            x, weights = stacked[0].to(x.dtype), stacked[1]
-    except (TypeError, ValueError) as error:
-        note = f"{weights_name} must be given on every rank of process_group or on none"
-        raise type(error)(f"{error} ({note})") from error
-    if x.shape[-1] == 0:
-        raise ValueError(f"{name} must be non-empty on at least one rank of process_group")
-    if weights is not None:
-        weights = check_weights(weights, weights_name, x, "the gathered samples")
-    return x, weights
 
 
 def _ot_merged(

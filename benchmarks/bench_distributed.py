@@ -10,14 +10,18 @@ Spawns 2 processes (1 torch thread each) joined by a gloo group. Every case is f
 * ``2n, one process``: ``aot_paired_loss`` on ``2n`` pairs without communication, the compute
   part of ``global``;
 * ``gather_concat``: :func:`aot_losses.distributed.gather_concat` of ``n`` values per rank,
-  forward+backward, the communication part (``global`` gathers two such tensors);
+  forward+backward, the communication part (``global`` gathers two such tensors, the policy and
+  the reference margins, packed into one gather with the same three collectives);
 * ``one all_gather``: a bare ``torch.distributed.all_gather`` of 12 int64, the latency floor of
-  one collective (``gather_concat`` forward+backward is three collectives, ``global`` five).
+  one collective (``gather_concat`` forward+backward is three collectives, and so is
+  ``global``: a metadata and a data ``all_gather`` forward, one ``all_reduce`` backward).
 
 Collectives must run the same number of times on every rank, so the adaptive
 ``Timer.blocked_autorange`` cannot be used: each case runs ``repeats`` blocks of a fixed number
 of calls (``Timer.timeit``) started together after a barrier; the median and IQR are over blocks,
-measured on rank 0. Writes ``benchmarks/results/distributed_cpu.json`` and the
+measured on rank 0. The 1-minute load average at the start and end of the run is recorded
+(the numbers are only comparable between runs under similar load). Writes
+``benchmarks/results/distributed_cpu.json`` and the
 ``bench_distributed`` section of ``docs/benchmarks.md``.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -144,6 +149,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
         spawn(
@@ -153,7 +159,12 @@ def main() -> None:
         )
         payload = json.loads(out.read_text())
     payload["environment"].update(
-        {"world_size": WORLD, "backend": "gloo", "torch_threads_per_rank": 1}
+        {
+            "world_size": WORLD,
+            "backend": "gloo",
+            "torch_threads_per_rank": 1,
+            "load_average_1min": [load_start, os.getloadavg()[0]],
+        }
     )
     save_json("distributed_cpu", payload)
     env = payload["environment"]
@@ -165,16 +176,19 @@ def main() -> None:
         "`2n, one process` is the same loss on `2n` pairs without communication (the compute "
         "part of `global`); `gather_concat` gathers `n` values per rank forward+backward (the "
         "communication part: `global` gathers two such tensors, the policy and the reference "
-        "margins, and all-reduces the gradient of the first); `one all_gather` is a bare "
-        "`all_gather` of 12 int64, the latency of one collective (`gather_concat` "
-        "forward+backward is three collectives, `global` five). Median ± IQR over "
+        "margins, packed into one gather, and all-reduces the gradient of the first); "
+        "`one all_gather` is a bare `all_gather` of 12 int64, the latency of one collective "
+        "(`gather_concat` forward+backward is three collectives, and so is `global`: a "
+        "metadata and a data `all_gather` forward, one `all_reduce` backward). Median ± IQR over "
         f"{args.repeats} lockstep blocks of a fixed number of calls (collectives cannot use "
         "`blocked_autorange`, whose adaptive call counts would differ between ranks), rank 0, "
         "one torch thread per rank.\n\n"
         f"{describe_machine(env)}; gloo over loopback TCP. The machine's "
-        f"{env['cores']} cores were shared with other jobs during the run, so absolute times "
-        "are noisy (IQRs of tens of percent), and a negative last column means the "
-        "communication cost was below that noise.\n\n"
+        f"{env['cores']} cores were shared with other jobs during the run (1-minute load "
+        f"average {env['load_average_1min'][0]:.1f} at its start, "
+        f"{env['load_average_1min'][1]:.1f} at its end), so absolute times are noisy (IQRs of "
+        "tens of percent), and a negative last column means the communication cost was below "
+        "that noise.\n\n"
         f"{table(payload['results'])}"
     )
     print(section)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from aot_losses import aot_paired_loss, aot_unpaired_loss
-from aot_losses.distributed import check_process_group, gather_concat
+from aot_losses import aot_paired_loss, aot_unpaired_loss, ot_1d
+from aot_losses.distributed import check_process_group, gather_concat, gather_concat_many
 
 from .tolerances import assert_close
 
@@ -468,6 +468,224 @@ def scenario_errors(rank: int, world: int) -> list[Result]:
     return out
 
 
+def scenario_ot_1d_leading(rank: int, world: int) -> list[Result]:
+    """ot_1d with a leading batch dim, u's weights of shape (n,) broadcast along it and v
+    unweighted, both sides needing a gradient (so both travel in the packed backward), float64
+    and float32 samples. The weights' dtype differs between ranks (float64 on even ranks,
+    float32 on odd ones; the values are exact in float32): the packed buffer takes their
+    promoted dtype on every rank."""
+    chosen, rejected = UNPAIRED_SIZES[world][0]
+    gen = torch.Generator().manual_seed(700)
+    feats_u = torch.randn(2, sum(chosen), FEATURES, generator=gen, dtype=F64)
+    feats_v = torch.randn(2, sum(rejected), FEATURES, generator=gen, dtype=F64)
+    u_weights = _weights(sum(chosen), gen).to(torch.float32).to(F64)
+    w0 = torch.randn(FEATURES, generator=gen, dtype=F64)
+    weights_dtype = torch.float32 if rank % 2 else F64
+
+    def loss_of(
+        part_u: slice, part_v: slice, group: dist.ProcessGroup | None, dtype: torch.dtype
+    ) -> Callable[[Tensor], Tensor]:
+        def f(w: Tensor) -> Tensor:
+            costs = ot_1d(
+                feats_u[:, part_u].to(dtype) @ w,
+                -(feats_v[:, part_v].to(dtype) @ w),
+                beta=BETA,
+                u_weights=u_weights[part_u].to(weights_dtype if group else F64),
+                process_group=group,
+            )
+            assert costs.shape == (2,)
+            return costs @ torch.tensor([1.0, 3.0], dtype=dtype)
+
+        return f
+
+    out = []
+    for dtype in (F64, torch.float32):
+        local = loss_of(_bounds(chosen, rank), _bounds(rejected, rank), dist.group.WORLD, dtype)
+        loss, grad = _loss_and_grad(local, w0, dtype)
+        ref_loss, ref_grad = _loss_and_grad(
+            loss_of(slice(None), slice(None), None, dtype), w0, dtype
+        )
+        out.append(
+            {
+                "label": f"ot_1d leading (2,) u={chosen} v={rejected} {dtype}",
+                "loss": loss,
+                "grad": _rank_average(grad),
+                "ref_loss": ref_loss,
+                "ref_grad": ref_grad.to(F64),
+                "dtype": dtype,
+            }
+        )
+    return out
+
+
+# The ProcessGroup methods through which torch.distributed's Python collectives (all_gather,
+# all_gather_into_tensor, all_reduce, broadcast, barrier, ...) reach the backend.
+PROCESS_GROUP_COLLECTIVES = (
+    "allgather",
+    "allgather_coalesced",
+    "allgather_into_tensor_coalesced",
+    "all_gather_single",
+    "all_gather_single_coalesced",
+    "_allgather_base",
+    "allreduce",
+    "allreduce_coalesced",
+    "alltoall",
+    "alltoall_base",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "broadcast",
+    "gather",
+    "scatter",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_single",
+    "reduce_scatter_single_coalesced",
+    "reduce_scatter_tensor_coalesced",
+    "_reduce_scatter_base",
+    "send",
+    "recv",
+    "recv_anysource",
+)
+
+
+@contextlib.contextmanager
+def _counted_collectives() -> Iterator[list[str]]:
+    """Record the name of every collective any process group runs inside the block, whichever
+    torch.distributed function issued it, by wrapping the ProcessGroup methods they call."""
+    calls: list[str] = []
+    # the class's own entries (pybind11 instancemethod descriptors), put back as they were
+    originals = {
+        name: method
+        for name, method in vars(dist.ProcessGroup).items()
+        if name in PROCESS_GROUP_COLLECTIVES
+    }
+
+    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: dist.ProcessGroup, *args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return method.__get__(self)(*args, **kwargs)
+
+        return wrapper
+
+    for name, method in originals.items():
+        setattr(dist.ProcessGroup, name, counted(name, method))
+    try:
+        yield calls
+    finally:
+        for name, method in originals.items():
+            setattr(dist.ProcessGroup, name, method)
+
+
+def _counts(label: str, loss_of: Callable[[], Tensor], expected: tuple[int, int]) -> Result:
+    """The collectives run by one loss call (forward) and by its backward."""
+    with _counted_collectives() as forward:
+        loss = loss_of()
+    with _counted_collectives() as backward:
+        if loss.requires_grad:
+            loss.backward()
+    return {"label": label, "forward": forward, "backward": backward, "expected": expected}
+
+
+def scenario_collectives(rank: int, world: int) -> list[Result]:
+    """How many collectives a global-batch loss call runs: the counter first sees one call of
+    each common collective; then paired and unpaired losses and ot_1d (unequal and empty
+    shares, weights, leading dims, bfloat16, no gradient) each run 2 forward (metadata, data)
+    and 1 backward; a group of one rank runs none."""
+    group = dist.group.WORLD
+    x = torch.zeros(2)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    with _counted_collectives() as calibration:
+        dist.all_gather(parts, x, group=group)
+        dist.all_gather_into_tensor(torch.empty(2 * world), x, group=group)
+        dist.all_reduce(x, group=group)
+        dist.broadcast(x, src=0, group=group)
+    out: list[Result] = [
+        {"label": "calibration", "forward": calibration, "backward": [], "expected": (4, 0)}
+    ]
+    sizes = PAIRED_SIZES[world][-1]
+    chosen, rejected = UNPAIRED_SIZES[world][0]
+    gen = torch.Generator().manual_seed(800)
+
+    def logps(n: int, dtype: torch.dtype = F64, grad: bool = True) -> Tensor:
+        return torch.randn(n, generator=gen, dtype=dtype).requires_grad_(grad)
+
+    n, n_c, n_r = sizes[rank], chosen[rank], rejected[rank]
+    paired = [logps(n), logps(n), logps(n, grad=False), logps(n, grad=False)]
+    unpaired = [logps(n_c), logps(n_r), logps(n_c, grad=False), logps(n_r, grad=False)]
+    low = [t.detach().to(torch.bfloat16).requires_grad_(t.requires_grad) for t in unpaired]
+    weights = torch.rand(n, generator=gen, dtype=F64)
+    chosen_weights = torch.rand(n_c, generator=gen, dtype=torch.float32)
+    rejected_weights = torch.rand(n_r, generator=gen, dtype=F64)
+    u = torch.randn(2, n_c, generator=gen, dtype=F64, requires_grad=True)
+    v = torch.randn(2, n_r, generator=gen, dtype=F64, requires_grad=True)
+    cases: dict[str, Callable[[], Tensor]] = {
+        "paired": lambda: aot_paired_loss(*paired, process_group=group),
+        "paired weighted soft": lambda: aot_paired_loss(
+            *paired, weights=weights, sort="soft", process_group=group
+        ),
+        "unpaired weighted": lambda: aot_unpaired_loss(
+            *unpaired,
+            chosen_weights=chosen_weights,
+            rejected_weights=rejected_weights,
+            process_group=group,
+        ),
+        "unpaired bfloat16": lambda: aot_unpaired_loss(*low, process_group=group),
+        "ot_1d leading dims, u weighted": lambda: ot_1d(
+            u, v, u_weights=chosen_weights, process_group=group
+        ).sum(),
+    }
+    for label, fn in cases.items():
+        out.append(_counts(label, fn, (2, 1)))
+    with torch.no_grad():
+        out.append(
+            _counts(
+                "paired under no_grad",
+                lambda: aot_paired_loss(*paired, process_group=group),
+                (2, 0),
+            )
+        )
+    solo = dist.new_group([0])  # every rank must call new_group
+    if rank == 0:
+        solo_logps = [logps(3), logps(2), logps(3, grad=False), logps(2, grad=False)]
+        out.append(
+            _counts(
+                "unpaired weighted, a group of one rank",
+                lambda: aot_unpaired_loss(
+                    *solo_logps, chosen_weights=torch.rand(3, generator=gen), process_group=solo
+                ),
+                (0, 0),
+            )
+        )
+    return out
+
+
+def scenario_packed_errors(rank: int, world: int) -> list[Result]:
+    """Disagreements found by the packed gather's metadata exchange, raised on every rank alike:
+    weights given for v on some ranks only, a margin that needs a gradient on some ranks only,
+    a weight dtype that cannot be gathered; the group stays usable after each."""
+    group = dist.group.WORLD
+    x = torch.ones(3)
+    cases: dict[str, Callable[[], object]] = {
+        "rejected_weights_on_some_ranks": lambda: aot_unpaired_loss(
+            x, x, x, x, rejected_weights=x if rank == world - 1 else None, process_group=group
+        ),
+        "policy_grad_on_some_ranks": lambda: aot_paired_loss(
+            x.clone().requires_grad_(rank == 0), x, x, x, process_group=group
+        ),
+        "weights_dtype": lambda: gather_concat_many(
+            [x],
+            group,
+            names=["u"],
+            weights=[x.to(torch.int64 if rank == 1 else torch.float32)],
+        ),
+    }
+    out = [{"case": case, **_capture(fn)} for case, fn in cases.items()]
+    (after,), _ = gather_concat_many([torch.full((1,), float(rank))], group, names=["after"])
+    out.append({"case": "after", "type": None, "message": str(after.tolist())})
+    return out
+
+
 SCENARIOS: dict[str, Callable[[int, int], list[Result]]] = {
     name.removeprefix("scenario_"): fn
     for name, fn in globals().items()
@@ -644,6 +862,54 @@ def test_rank_disagreement_raises_on_every_rank(group_results):
         "after": (None, str([float(r) for r in range(world)])),
     }
     for results in per_rank:
+        assert [r["case"] for r in results] == list(expected)
+        for r in results:
+            kind, fragment = expected[r["case"]]
+            assert r["type"] == kind, r
+            assert fragment in r["message"], r
+
+
+@pytest.mark.multiprocess
+def test_ot_1d_leading_dims_and_mixed_weight_dtypes_match_single_process(group_results):
+    _assert_loss_and_grad_match(_scenario(group_results, "ot_1d_leading"))
+
+
+@pytest.mark.multiprocess
+def test_at_most_two_collectives_forward_and_one_backward(group_results):
+    per_rank = _scenario(group_results, "collectives")
+    # rank 0 also ran the loss on a group of one rank
+    assert [len(checks) for checks in per_rank] == [8] + [7] * (len(per_rank) - 1)
+    for checks in per_rank:
+        calibration, *calls = checks
+        assert len(calibration["forward"]) == 4, calibration  # the counter sees each collective
+        for c in calls:
+            assert (len(c["forward"]), len(c["backward"])) == c["expected"], c
+            assert len(c["forward"]) <= 2 and len(c["backward"]) <= 1, c
+            assert set(c["forward"]) <= {"allgather"} and set(c["backward"]) <= {"allreduce"}, c
+
+
+@pytest.mark.multiprocess
+def test_packed_gather_disagreements_raise_on_every_rank(group_results):
+    world, _ = group_results
+    expected = {
+        "rejected_weights_on_some_ranks": (
+            "ValueError",
+            f"v_weights must be given on every rank of process_group or on none; it is on "
+            f"rank(s) [{world - 1}] of {world} only",
+        ),
+        "policy_grad_on_some_ranks": (
+            "RuntimeError",
+            f"u must require a gradient on every rank or on none (the backward of the gather is "
+            f"a collective); it does on rank(s) [0] of {world} only",
+        ),
+        "weights_dtype": (
+            "TypeError",
+            "weights of u must have dtype float16, bfloat16, float32 or float64 to be gathered "
+            "across ranks; got int64 on rank 1",
+        ),
+        "after": (None, str([float(r) for r in range(world)])),
+    }
+    for results in _scenario(group_results, "packed_errors"):
         assert [r["case"] for r in results] == list(expected)
         for r in results:
             kind, fragment = expected[r["case"]]
