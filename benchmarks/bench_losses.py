@@ -1,9 +1,12 @@
 """AOT losses forward+backward against the work they cannot avoid: one ``torch.sort`` of the two
 stacked samples, forward+backward, in the same run.
 
-    python -m benchmarks.bench_losses [--sizes 64 4096 ...] [--min-run-time 1.0] [--no-docs]
+    python -m benchmarks.bench_losses [--device cpu|cuda|all] [--sizes 64 4096 ...]
+                                      [--min-run-time 1.0] [--results-dir DIR] [--docs PAGE]
+                                      [--no-docs]
 
-Writes ``benchmarks/results/losses_<device>.json`` and the table of ``docs/benchmarks.md``.
+Writes ``benchmarks/results/losses_<device>.json`` and the device's section of
+``docs/benchmarks.md`` (``bench_losses`` for the CPU, ``bench_losses_cuda``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from tqdm import tqdm
 
 from aot_losses import aot_paired_loss, aot_unpaired_loss
 from benchmarks.common import (
+    add_output_arguments,
     describe_machine,
+    devices,
     environment,
     format_time,
     save_json,
+    section_key,
     time_it,
     write_section,
 )
@@ -94,27 +100,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     parser.add_argument("--min-run-time", type=float, default=1.0)
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    add_output_arguments(parser)
     args = parser.parse_args()
-    sections = []
-    for device in ["cpu", "cuda"]:
-        if device == "cuda" and not torch.cuda.is_available():
-            sections.append("### CUDA\n\nNot yet measured: no GPU was available for this run.")
-            continue
+    for device in devices(args.device):
         env = environment(device)
         rows = measure(args.sizes, device, args.min_run_time)
-        save_json(f"losses_{device}", {"environment": env, "results": rows})
-        sections.append(f"### {describe_machine(env)}\n\n{table(rows)}")
-        print(sections[-1])
-    if not args.no_docs:
-        write_section(
-            "bench_losses",
-            "## Losses: forward+backward against one sort\n\n"
-            "`python -m benchmarks.bench_losses`. Median ± IQR of "
-            "`torch.utils.benchmark.Timer.blocked_autorange`; in parentheses the ratio to one "
-            "`torch.sort` of the two stacked samples (forward+backward), measured in the same "
-            "run. Goal: <= 1.2x at n >= 65536 on CPU.\n\n" + "\n\n".join(sections),
-        )
+        save_json(f"losses_{device}", {"environment": env, "results": rows}, args.results_dir)
+        text = f"### {describe_machine(env)}\n\n{table(rows)}"
+        print(text)
+        if not args.no_docs:
+            write_section(section_key("bench_losses", device), HEADING[device] + text, args.docs)
+
+
+HEADING = {
+    "cpu": "## Losses: forward+backward against one sort\n\n"
+    "`python -m benchmarks.bench_losses --device cpu`. Median ± IQR of "
+    "`torch.utils.benchmark.Timer.blocked_autorange`; in parentheses the ratio to one "
+    "`torch.sort` of the two stacked samples (forward+backward), measured in the same run. "
+    "Goal: <= 1.2x at n >= 65536 on CPU.\n\n",
+    "cuda": "## Losses on CUDA: forward+backward against one sort\n\n"
+    "`python -m benchmarks.bench_losses --device cuda` (run by `benchmarks/gpu_check.sh`). "
+    "As the CPU table, CUDA synchronized around each timed call.\n\n",
+}
 
 
 if __name__ == "__main__":

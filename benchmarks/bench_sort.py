@@ -1,7 +1,7 @@
 """Sort backends: hard sort, pure-PyTorch soft sort, torchsort and Sinkhorn soft sort.
 
     python -m benchmarks.bench_sort [--device cpu|cuda|all] [--min-run-time 0.2] [--threads 1]
-                                    [--no-docs]
+                                    [--results-dir DIR] [--docs PAGE] [--no-docs]
 
 Forward and forward+backward (``out.sum().backward()``) of, on float32 ``torch.randn`` rows
 (fixed seeds) of shape (batch, n), batch in {1, 64} and n in {64, 256, 4096, 65536, 2^20}:
@@ -16,8 +16,8 @@ Forward and forward+backward (``out.sum().backward()``) of, on float32 ``torch.r
 
 Cases that would not fit the time budget of one run are skipped and listed: on the CPU,
 ``batch * n > 2^22``. Median and IQR from ``Timer.blocked_autorange`` (CUDA synchronized).
-Writes ``benchmarks/results/sort_<device>.json`` and, for the CPU, the ``bench_sort`` section
-of ``docs/benchmarks.md``.
+Writes ``benchmarks/results/sort_<device>.json`` and the device's section of
+``docs/benchmarks.md`` (``bench_sort`` for the CPU, ``bench_sort_cuda``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ import torch
 
 from aot_losses.sorting import hard_sort, soft_sort
 from benchmarks.common import (
+    add_output_arguments,
     describe_machine,
+    devices,
     environment,
     format_time,
     save_json,
+    section_key,
     time_it,
     write_section,
 )
@@ -137,9 +140,14 @@ def skipped(rows: list[dict[str, Any]]) -> str:
 
 def section(payload: dict[str, Any]) -> str:
     env, rows = payload["environment"], payload["results"]
+    device = env["device"]
+    command = f"python -m benchmarks.bench_sort --device {device}" + (
+        " --threads 1" if device == "cpu" else ""
+    )
+    where = "" if device == "cpu" else " (run by `benchmarks/gpu_check.sh`, CUDA synchronized)"
     return (
-        "## Sort backends\n\n"
-        "`python -m benchmarks.bench_sort --threads 1 --device cpu`. Forward and forward+backward "
+        f"## Sort backends{'' if device == 'cpu' else ' on CUDA'}\n\n"
+        f"`{command}`{where}. Forward and forward+backward "
         "(`out.sum().backward()`) on float32 `torch.randn` rows of shape (batch, n): `hard` is "
         "`hard_sort` (`torch.sort` values); `torch` is `soft_sort` (l2, "
         f"`regularization_strength={STRENGTH:g}`), the pure-PyTorch backend; `torchsort` is "
@@ -147,40 +155,31 @@ def section(payload: dict[str, Any]) -> str:
         f'`soft_sort(..., backend="sinkhorn")` (epsilon {STRENGTH:g}). Median ± IQR from '
         "`Timer.blocked_autorange`; the ratio columns divide by torchsort's median.\n\n"
         f"{describe_machine(env)}. One run, every case timed in the same process; the IQRs "
-        "show the noise within it (repeated runs of the small cases on a busy machine moved by "
-        "up to 30 %; the ratios, side by side, move less).\n\n"
+        "show the noise within it.\n\n"
         f"{table(rows)}\n\n"
         "Not run:\n\n"
-        f"{skipped(rows)}\n\n"
-        "CUDA: not yet measured (no GPU was available for this run); "
-        "`python -m benchmarks.bench_sort --device cuda` writes `benchmarks/results/"
-        "sort_cuda.json` and prints its table."
+        f"{skipped(rows)}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--min-run-time", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    add_output_arguments(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    for device in devices:
-        if device == "cuda" and not torch.cuda.is_available():
-            print("CUDA not available: no CUDA results")
-            continue
+    for device in devices(args.device):
         results = run(device, args.min_run_time)
         payload = {
             "environment": {**environment(device), "regularization_strength": STRENGTH},
             "results": results,
         }
-        save_json(f"sort_{device}", payload)
+        save_json(f"sort_{device}", payload, args.results_dir)
         print(table(results))
-        if device == "cpu" and not args.no_docs:
-            write_section("bench_sort", section(payload))
+        if not args.no_docs:
+            write_section(section_key("bench_sort", device), section(payload), args.docs)
 
 
 if __name__ == "__main__":

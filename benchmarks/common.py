@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -63,9 +64,31 @@ def time_it(fn: Callable[[], object], device: str, min_run_time: float) -> dict[
     return {"median_s": measurement.median, "iqr_s": measurement.iqr}
 
 
-def save_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--results-dir``, ``--docs`` and ``--no-docs``, shared by the benchmarks."""
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="the page the tables go to")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the page")
+
+
+def devices(choice: str) -> list[str]:
+    """The devices of ``--device``; CUDA only where present (said otherwise)."""
+    wanted = ["cpu", "cuda"] if choice == "all" else [choice]
+    if "cuda" in wanted and not torch.cuda.is_available():
+        print("CUDA not available: no CUDA results")
+        wanted.remove("cuda")
+    return wanted
+
+
+def section_key(name: str, device: str) -> str:
+    """The marker of a benchmark's section of the page: ``name`` for the CPU, ``name_cuda``."""
+    return name if device == "cpu" else f"{name}_{device}"
+
+
+def save_json(name: str, payload: dict[str, Any], results_dir: Path = RESULTS) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
