@@ -6,7 +6,10 @@ ablations: batch size (and global-batch sorting on 2 gloo ranks), beta, penalty,
     python -m benchmarks.alignment --report   # tables and plots from the saved results only
 
 Every run starts from the same SFT reference (built once, cached in ``--work-dir``); seeds vary
-the alignment (data order, LoRA init, sampling). Each run is measured on held-out prompts:
+the alignment (data order, LoRA init, sampling). Each run is ``examples/align.py`` launched as a
+user launches it (``python``, or ``torchrun`` for the 2-process arms), its flags written by
+``aot_examples.config.to_args``; its ``summary.json`` is the result. Each run is measured on
+held-out prompts:
 mean ground-truth reward, win rate against the reference, a KL(policy || reference) estimate,
 and first-order stochastic dominance of chosen over rejected implicit rewards on the held-out
 preference split. Writes ``benchmarks/results/alignment.json`` (or ``alignment_quick.json``),
@@ -16,28 +19,23 @@ preference split. Writes ``benchmarks/results/alignment.json`` (or ``alignment_q
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import multiprocessing
-import os
 import platform
+import shutil
 import subprocess
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from aot_examples import toy
+from aot_examples.config import to_args
+from aot_examples.launch import run_align
+from aot_examples.losses import LOSSES
 from tqdm import tqdm
 
 from benchmarks.common import ROOT, environment
-
-sys.path.insert(0, str(ROOT / "examples"))
-
-import align
-from aot_examples import toy
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_STEPS = 60
@@ -89,7 +87,7 @@ def grid(quick: bool) -> list[Arm]:
         Arm("batch size", "2 ranks x 16, global sort", {"per_device_batch_size": 16}, processes=2),
     ]  # fmt: skip
     # AOT's penalty is least squares unless named; "aot_paired, logistic" unsorted is DPO
-    series = [(method, {"loss": method}) for method in align.LOSSES]
+    series = [(method, {"loss": method}) for method in LOSSES]
     series.insert(1, ("aot_paired, logistic", {"loss": "aot_paired", "penalty": "logistic"}))
     beta = [
         Arm("beta", f"{name}, beta {b:g}", {**overrides, "beta": b})
@@ -102,33 +100,16 @@ def grid(quick: bool) -> list[Arm]:
     return methods + batch + beta + penalty
 
 
-def config(
-    arm: Arm, seed: int, work: Path, toy_config: toy.ToyConfig, base: dict[str, Any]
-) -> align.AlignConfig:
-    """The embedded defaults, updated by ``base`` (the whole grid's settings), then the arm's."""
-    out = work / "runs" / f"{arm.group}-{arm.label}-seed{seed}".replace(" ", "_")
-    overrides = {**base, **arm.overrides, "seed": seed, "toy": toy_config,
-                 "toy_cache_dir": str(work / "toy")}  # fmt: skip
-    return align.AlignConfig.embedded(str(out), **overrides)
+def run_dir(arm: Arm, seed: int, work: Path) -> Path:
+    return work / "runs" / f"{arm.group}-{arm.label}-seed{seed}".replace(" ", "_")
 
 
-def launch(cfg: align.AlignConfig, processes: int) -> dict[str, Any]:
-    """``align.run(cfg)`` here, or on ``processes`` gloo ranks through torchrun."""
-    if processes == 1:
-        return align.run(cfg)
-    payload = json.dumps(dataclasses.asdict(cfg))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "-m", "benchmarks.alignment", "--worker", payload]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-    return json.loads((Path(cfg.output_dir) / "summary.json").read_text())
-
-
-def worker(payload: str) -> None:
-    """A rank of a multi-process arm: rebuild the config (the toy task included) and run it."""
-    options = json.loads(payload)
-    options["toy"] = toy.ToyConfig(**options["toy"])
-    align.run(align.AlignConfig(**options))
+def align_args(arm: Arm, seed: int, work: Path, base: dict[str, Any]) -> list[str]:
+    """``align.py``'s flags: the embedded defaults, updated by ``base`` (the whole grid's
+    settings), then the arm's; the task (config and cache) is the grid's, in ``work/toy``."""
+    task = {"toy_config": str(work / "toy" / "toy_config.json"), "toy_cache_dir": str(work / "toy")}
+    out = str(run_dir(arm, seed, work))
+    return to_args({**base, **arm.overrides, "seed": seed, "output_dir": out, **task})
 
 
 def record(arm: Arm, seed: int, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -165,13 +146,21 @@ def record(arm: Arm, seed: int, summary: dict[str, Any], seconds: float) -> dict
     }
 
 
-def execute(arm: Arm, seed: int, work: Path, toy_config: toy.ToyConfig,
-            base: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """One run of the grid, timed; its record."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # the embedded model is tiny: more threads only contend
+def execute(arm: Arm, seed: int, work: Path, base: dict[str, Any]) -> dict[str, Any]:
+    """One run of the grid in a fresh output directory, timed; its record."""
+    out = run_dir(arm, seed, work)
+    shutil.rmtree(out, ignore_errors=True)  # a run of an earlier grid is not resumed
+    out.mkdir(parents=True)
     start = time.perf_counter()
-    summary = launch(config(arm, seed, work, toy_config, base), arm.processes)
+    log = out / "align.log"
+    with log.open("w") as file:
+        args = align_args(arm, seed, work, base)
+        done = run_align(args, processes=arm.processes, stdout=file, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{arm.label}, seed {seed}: align.py failed; {log}:\n{log.read_text()[-3000:]}"
+        )
+    summary = json.loads((out / "summary.json").read_text())
     return record(arm, seed, summary, time.perf_counter() - start)
 
 
@@ -179,16 +168,10 @@ def run_grid(arms: list[Arm], seeds: list[int], work: Path, toy_config: toy.ToyC
              base: dict[str, Any], jobs: int = 1) -> list[dict[str, Any]]:  # fmt: skip
     """Run every arm with every seed, ``jobs`` runs at a time (each on one thread; a run's
     result does not depend on what runs beside it); one record per run, in grid order."""
-    toy.prepare(toy_config, work / "toy")  # the SFT reference, shared by every run
-    tasks = [(arm, seed, work, toy_config, base) for arm in arms for seed in seeds]
+    toy.prepare(toy_config, work / "toy")  # the SFT reference and data, shared by every run
+    tasks = [(arm, seed, work, base) for arm in arms for seed in seeds]
     progress = tqdm(total=len(tasks), desc="alignment runs")
-    if jobs == 1:
-        runs = []
-        for task in tasks:
-            runs.append(execute(*task))
-            progress.update()
-        return runs
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ThreadPoolExecutor(jobs) as pool:  # the runs are processes: threads only wait
         futures = [pool.submit(execute, *task) for task in tasks]
         for _ in as_completed(futures):
             progress.update()
@@ -313,13 +296,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "alignment")
     parser.add_argument("--report", action="store_true", help="only rebuild docs from results")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # the embedded model is tiny: more threads only contend
-    if args.worker is not None:
-        worker(args.worker)
-        return
     name = "alignment_quick" if args.quick else "alignment"
     path = RESULTS / f"{name}.json"
     if not args.report:

@@ -1,5 +1,6 @@
 """A micro configuration of benchmarks/alignment.py: the same code path as the full grid
-(shared SFT reference, single- and 2-process arms, records, tables and plots), in seconds."""
+(shared SFT reference, examples/align.py launched with python and torchrun, records, tables and
+plots), in a minute."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 pytest.importorskip("matplotlib")
 
+from aot_examples.config import EMBEDDED_BETA
+
 from benchmarks import alignment
-from benchmarks.alignment import align
 
 from .test_examples import MICRO_TOY
 
@@ -40,9 +42,9 @@ def test_micro_grid_records_every_metric_and_reports(tmp_path: Path) -> None:
     ]
     runs = alignment.run_grid(arms, [0], tmp_path / "work", MICRO_TOY, MICRO_BASE, jobs=2)
     assert [(r["label"], r["method"], r["seed"], r["config"]["beta"]) for r in runs] == [
-        ("aot_paired (hard)", "aot_paired", 0, align.EMBEDDED_BETA["aot_paired"]),
+        ("aot_paired (hard)", "aot_paired", 0, EMBEDDED_BETA["aot_paired"]),
         ("kto, beta 0.5", "kto", 0, 0.5),
-        ("2 ranks x 4, global sort", "aot_paired", 0, align.EMBEDDED_BETA["aot_paired"]),
+        ("2 ranks x 4, global sort", "aot_paired", 0, EMBEDDED_BETA["aot_paired"]),
     ]
     for r in runs:
         for key in ("reward_mean", "win_rate", "kl", "fsd_violation", "pair_accuracy"):

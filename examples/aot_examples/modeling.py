@@ -1,15 +1,19 @@
-"""Model loading (causal LM + LoRA) and sequence log-probs over completion tokens."""
+"""Model loading (causal LM + LoRA), sequence log-probs over completion tokens, and scoring
+held-out examples over several processes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from .data import Batch
+from .batching import Batch, collate
+from .losses import PreferenceLogps
+from .tokenization import EncodedExample
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -19,6 +23,19 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_context(name_or_path: str, max_length: int) -> None:
+    """Raises ValueError if ``max_length`` exceeds the model's context (``max_position_embeddings``,
+    ``n_positions`` for GPT-2), read from its config alone, before any weight is loaded."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and max_length > context:
+        raise ValueError(
+            f"--max-length {max_length} exceeds the context of --model {name_or_path} "
+            f"({context} positions, max_position_embeddings in its config): use --max-length "
+            f"{context} or less"
+        )
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -87,3 +104,63 @@ def reference_logps(model: nn.Module, peft_model: PeftModel, batch: Batch) -> Te
     run with the adapters of ``peft_model`` (the unwrapped model) disabled."""
     with peft_model.disable_adapter():
         return sequence_logps(model, batch)
+
+
+def batch_logps(
+    model: nn.Module, peft_model: PeftModel, batch: Batch, paired: bool
+) -> PreferenceLogps:
+    """Policy log-probs (with gradient) and reference log-probs (adapters off, no gradient)."""
+    reference = reference_logps(model, peft_model, batch)
+    policy = sequence_logps(model, batch)
+    c = batch.chosen
+    return PreferenceLogps(policy[c], policy[~c], reference[c], reference[~c], paired)
+
+
+@torch.no_grad()
+def score_examples(
+    accelerator: Accelerator,
+    model: nn.Module,
+    peft_model: PeftModel,
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    pad_id: int,
+) -> PreferenceLogps:
+    """Log-probs of all ``examples``, each process scoring a strided share, gathered on all.
+
+    Every process runs the same number of equal-size forward passes (FSDP needs this): the
+    shorter shares are padded with a repeated example, dropped after the gather.
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_rank = -(-len(examples) // world)
+    index = list(range(rank, len(examples), world))
+    valid = [1.0] * len(index) + [0.0] * (per_rank - len(index))
+    index += index[:1] * (per_rank - len(index))
+    rows = []
+    model.eval()
+    for start in range(0, per_rank, batch_size):
+        ids = index[start : start + batch_size]
+        batch = collate([examples[i] for i in ids], pad_id).to(accelerator.device)
+        policy = sequence_logps(model, batch)
+        reference = reference_logps(model, peft_model, batch)
+        rows_per_example = len(batch.chosen) // len(ids)  # 2 rows per pair, 1 per unpaired
+        rows.append(
+            torch.stack(
+                [
+                    torch.tensor(ids * rows_per_example, dtype=torch.float64),
+                    torch.tensor(
+                        valid[start : start + batch_size] * rows_per_example, dtype=torch.float64
+                    ),
+                    batch.chosen.double().cpu(),
+                    policy.double().cpu(),
+                    reference.double().cpu(),
+                ],
+                dim=1,
+            )
+        )
+    model.train()
+    table = accelerator.gather(torch.cat(rows).to(accelerator.device)).cpu()
+    table = table[table[:, 1] == 1]
+    table = table[table[:, 0].argsort(stable=True)]  # chosen i and rejected i line up
+    c = table[:, 2] == 1
+    paired = len(examples[0].completions) == 2
+    return PreferenceLogps(table[c, 3], table[~c, 3], table[c, 4], table[~c, 4], paired)

@@ -1,39 +1,21 @@
-"""Metrics over preference log-probs, the quantile figure, and plain-text tables."""
+"""Metrics over preference log-probs, the quantile figure, and the summary table."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from aot_losses import diagnostics
 
+from .losses import PreferenceLogps
+
 #: Quantile levels of the implicit-reward margins reported by :func:`preference_metrics`.
 QUANTILE_MARGIN_LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
-
-
-@dataclass
-class PreferenceLogps:
-    """Sequence log-probs of chosen and rejected completions under the policy and the
-    reference; for paired data, chosen ``i`` and rejected ``i`` share a prompt."""
-
-    policy_chosen: Tensor
-    policy_rejected: Tensor
-    reference_chosen: Tensor
-    reference_rejected: Tensor
-    paired: bool
-
-    @property
-    def rewards(self) -> tuple[Tensor, Tensor]:
-        """Implicit rewards log pi(y|x) - log pi_ref(y|x) (TRL reports beta times these)."""
-        return (
-            self.policy_chosen - self.reference_chosen,
-            self.policy_rejected - self.reference_rejected,
-        )
 
 
 def _float(x: Tensor) -> float | None:
@@ -133,3 +115,53 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def eval_summary(
+    logps: PreferenceLogps, loss: Callable[[PreferenceLogps], Tensor]
+) -> dict[str, dict[str, float | None]]:
+    """The held-out results of ``summary.json``: ``eval_policy`` (the loss and
+    :func:`preference_metrics`) and ``eval_reference`` (the loss and log-likelihoods under the
+    reference, whose implicit rewards are all 0)."""
+    ref_c, ref_r = logps.reference_chosen, logps.reference_rejected
+    reference = PreferenceLogps(ref_c, ref_r, ref_c, ref_r, logps.paired)
+    return {
+        "eval_reference": {
+            "loss": loss(reference).item(),
+            "logps/chosen": ref_c.mean().item(),
+            "logps/rejected": ref_r.mean().item(),
+        },
+        "eval_policy": {"loss": loss(logps).item(), **preference_metrics(logps)},
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The table the script prints, from ``summary.json`` alone: the embedded task's rewards
+    (when present), then the held-out metrics of reference and aligned policy."""
+    rows: list[list[object]] = []
+    if "eval_policy" in summary:
+        split = "held-out pairs" if summary["paired"] else "held-out samples"
+        reference = summary["eval_reference"]
+        rows = [[f"{split}: {k}", reference.get(k), v] for k, v in summary["eval_policy"].items()]
+    if "policy_reward_mean" in summary:  # the embedded task (toy.evaluate_policy)
+
+        def mean_se(name: str) -> str:
+            return f"{summary[name + '_mean']:.4f} ± {summary[name + '_se']:.4f}"
+
+        rows = [
+            ["reward (held-out prompts)", mean_se("reference_reward"), mean_se("policy_reward")],
+            ["exact match", mean_se("reference_exact_match"), mean_se("policy_exact_match")],
+            [
+                "greedy reward",
+                summary["reference_greedy_reward_mean"],
+                summary["policy_greedy_reward_mean"],
+            ],
+            ["win rate vs reference", None, mean_se("win_rate")],
+            ["KL(policy || reference)", 0.0, mean_se("kl_policy_reference")],
+            *rows,
+        ]
+        if not summary["paired"]:  # unpaired losses are measured on the held-out pairs too
+            rows += [
+                [f"held-out pairs: {k}", None, v] for k, v in summary["held_out_pairs"].items()
+            ]
+    return format_table(["metric", "reference", "aligned policy"], rows)

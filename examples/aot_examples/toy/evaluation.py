@@ -1,0 +1,124 @@
+"""Evaluating an aligned adapter on the embedded task: exact rewards on held-out prompts, and
+the implicit rewards of the held-out preference pairs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from ..batching import Batch, collate
+from ..data import read_jsonl
+from ..losses import PreferenceLogps
+from ..modeling import load_tokenizer, sequence_logps
+from ..report import preference_metrics
+from ..tokenization import encode_examples
+from .artifacts import Artifacts
+from .reference import sample
+from .task import ToyConfig, decode, make_splits, reward, token_ids
+
+
+def _mean_se(per_prompt: torch.Tensor) -> tuple[float, float]:
+    """Mean over prompts and its standard error (``per_prompt``: ``(prompts, samples)``)."""
+    means = per_prompt.double().mean(1)
+    return means.mean().item(), (means.std(unbiased=True) / math.sqrt(len(means))).item()
+
+
+@torch.no_grad()
+def held_out_pairs(
+    cfg: ToyConfig, policy: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: Path
+) -> PreferenceLogps:
+    """Log-probs of the preference pairs in ``pairs`` (paired JSONL) under the aligned
+    ``policy`` and under its reference (adapters off), in one batch (nothing truncated)."""
+    lengths = {"max_length": cfg.context_length, "max_prompt_length": cfg.max_prompt_tokens}
+    batch = collate(
+        encode_examples(read_jsonl(pairs), tokenizer, **lengths), tokenizer.pad_token_id
+    )
+    logps = sequence_logps(policy, batch)
+    with policy.disable_adapter():
+        reference = sequence_logps(policy, batch)
+    c = batch.chosen
+    return PreferenceLogps(logps[c], logps[~c], reference[c], reference[~c], paired=True)
+
+
+@torch.no_grad()
+def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
+    """Reference vs aligned policy on the held-out test prompts, and the aligned policy's
+    implicit rewards on the held-out preference pairs.
+
+    Both sample ``test_samples_per_prompt`` completions per prompt with the same settings and
+    the same seed. Standard errors treat prompts as the independent units (per-prompt means).
+    The pairs are the same for every loss (paired or unpaired), so their stochastic-dominance
+    diagnostics compare losses on one footing.
+
+    Returns:
+        ``reference_reward_mean``/``_se``, ``policy_reward_mean``/``_se``, the paired
+        difference ``reward_diff_mean``/``_se``, exact-match rates, ``win_rate``/``_se``
+        (policy sample j beats reference sample j on the same prompt; ties count 1/2),
+        ``kl_policy_reference``/``_se`` (mean of log pi(y|x) - log pi_ref(y|x) over policy
+        samples: an unbiased estimate of the sequence-level KL), greedy-decoding rewards, and
+        ``held_out_pairs``: :func:`~aot_examples.report.preference_metrics` of the held-out
+        pairs (``artifacts.dataset("paired", "eval")``).
+    """
+    cfg, reference_dir = artifacts.config, artifacts.reference_dir
+    tokenizer = load_tokenizer(str(reference_dir))
+    base = GPT2LMHeadModel.from_pretrained(reference_dir)
+    policy = PeftModel.from_pretrained(base, adapter_dir).eval()
+    prompts = make_splits(cfg).test
+    k = cfg.test_samples_per_prompt
+
+    def rewards(ids: list[list[int]], per_prompt: int) -> torch.Tensor:
+        rows = [p for p in prompts for _ in range(per_prompt)]
+        values = [reward(p, decode(tokenizer, i)) for p, i in zip(rows, ids, strict=True)]
+        return torch.tensor(values).view(len(prompts), per_prompt)
+
+    def generate_ids(greedy: bool, *, reference: bool) -> list[list[int]]:
+        context = policy.disable_adapter() if reference else contextlib.nullcontext()
+        with context:
+            return sample(
+                policy,
+                tokenizer,
+                prompts,
+                num_samples=1 if greedy else k,
+                seed=cfg.seed * 1000 + 3,
+                greedy=greedy,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
+            )
+
+    ref_ids, pol_ids = generate_ids(False, reference=True), generate_ids(False, reference=False)
+    ref_r, pol_r = rewards(ref_ids, k), rewards(pol_ids, k)
+    wins = (pol_r > ref_r).double() + 0.5 * (pol_r == ref_r).double()
+    rows = [p for p in prompts for _ in range(k)]
+    batch = Batch.from_ids(
+        [(token_ids(tokenizer, p), ids) for p, ids in zip(rows, pol_ids, strict=True)],
+        [True] * len(rows),
+        tokenizer.pad_token_id,
+    )
+    with policy.disable_adapter():
+        ref_logps = sequence_logps(policy, batch)
+    log_ratio = (sequence_logps(policy, batch) - ref_logps).view(len(prompts), k)
+
+    summary: dict[str, Any] = {"test_prompts": len(prompts), "test_samples_per_prompt": k}
+    for name, values in (
+        ("reference_reward", ref_r),
+        ("policy_reward", pol_r),
+        ("reward_diff", pol_r - ref_r),
+        ("reference_exact_match", (ref_r == 1).double()),
+        ("policy_exact_match", (pol_r == 1).double()),
+        ("win_rate", wins),
+        ("kl_policy_reference", log_ratio),
+    ):
+        summary[f"{name}_mean"], summary[f"{name}_se"] = _mean_se(values)
+    for name, reference in (("reference", True), ("policy", False)):
+        summary[f"{name}_greedy_reward_mean"] = (
+            rewards(generate_ids(True, reference=reference), 1).mean().item()
+        )
+    pairs = held_out_pairs(cfg, policy, tokenizer, artifacts.dataset("paired", "eval"))
+    summary["held_out_pairs"] = preference_metrics(pairs)
+    return summary

@@ -1,0 +1,284 @@
+"""Tests of the examples' data path (package ``aot_examples``): records and their errors, the
+options' checks, tokenizing once with truncation, padded batches, the batch order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+for _module in ("transformers", "peft", "accelerate", "matplotlib", "tqdm"):
+    pytest.importorskip(_module)
+
+from aot_examples import data, toy  # noqa: E402
+from aot_examples.batching import BatchSchedule, collate  # noqa: E402
+from aot_examples.config import AlignConfig, embedded_defaults, parse_args, to_args  # noqa: E402
+from aot_examples.tokenization import encode, encode_examples  # noqa: E402
+
+PAIRED = {"prompt": "dcba=", "chosen": "abcd", "rejected": "abdc"}
+UNPAIRED = {"prompt": "dcba=", "completion": "abcd", "label": True}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return toy.build_tokenizer("abcdefghij")
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"prompt": "ab=", "chosen": "ab"}), "missing field 'rejected'"),
+        (json.dumps({**PAIRED, "chosen": 3}), "field 'chosen' must be a string"),
+        (json.dumps({**PAIRED, "rejected": "  "}), "field 'rejected' is empty"),
+        (json.dumps({**PAIRED, "prompt": [{"role": "user"}]}), "message 0"),
+        (json.dumps({**PAIRED, "chosen": [{"role": "assistant", "content": "x"}]}), "mixed"),
+    ],
+)
+def test_paired_errors_name_file_and_line(tmp_path: Path, record: str, message: str) -> None:
+    path = write_lines(tmp_path / "paired.jsonl", [json.dumps(PAIRED), "", record])
+    with pytest.raises(data.DataError, match=re.escape(f"{path}:3: ") + ".*" + re.escape(message)):
+        data.read_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (json.dumps({"prompt": "ab=", "label": True}), "missing field 'completion'"),
+        (json.dumps({**UNPAIRED, "label": 1}), "field 'label' must be true or false, got 1"),
+        (json.dumps({**UNPAIRED, "label": "true"}), "field 'label' must be true or false"),
+        (json.dumps({**UNPAIRED, "completion": ""}), "field 'completion' is empty"),
+        (json.dumps({**UNPAIRED, "prompt": None}), "field 'prompt' must be a string"),
+    ],
+)
+def test_unpaired_errors_name_file_and_line(tmp_path: Path, record: str, message: str) -> None:
+    path = write_lines(tmp_path / "unpaired.jsonl", [json.dumps(UNPAIRED)] * 4 + [record])
+    with pytest.raises(data.DataError, match=re.escape(f"{path}:5: ") + ".*" + re.escape(message)):
+        data.read_jsonl(path)
+
+
+def test_bytes_that_are_not_utf8_name_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(PAIRED).encode() + b'\n{"prompt": "caf\xe9=", "chosen": "a"}\n')
+    with pytest.raises(data.DataError, match=re.escape(f"{path}:2: not UTF-8 (byte 0xe9 at col")):
+        data.read_jsonl(path)
+
+
+def test_format_detection_and_empty_file(tmp_path: Path) -> None:
+    paired = data.read_jsonl(write_lines(tmp_path / "p.jsonl", [json.dumps(PAIRED)] * 2))
+    assert paired == [data.PairedExample("dcba=", "abcd", "abdc")] * 2
+    assert [e.source for e in paired] == [f"{tmp_path / 'p.jsonl'}:{i}" for i in (1, 2)]
+    unpaired = data.read_jsonl(write_lines(tmp_path / "u.jsonl", [json.dumps(UNPAIRED)]))
+    assert unpaired == [data.UnpairedExample("dcba=", "abcd", True)]
+    with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'e.jsonl'}: no records")):
+        data.read_jsonl(write_lines(tmp_path / "e.jsonl", ["", "  "]))
+    with pytest.raises(data.DataError, match=":2: missing field 'chosen'"):
+        data.read_jsonl(
+            write_lines(tmp_path / "m.jsonl", [json.dumps(PAIRED), json.dumps(UNPAIRED)])
+        )
+    with pytest.raises(data.DataError, match=":1: cannot tell the format"):
+        data.read_jsonl(write_lines(tmp_path / "x.jsonl", [json.dumps({"prompt": "a"})]))
+
+
+def split(dataset: str, eval_dataset: str | None, eval_fraction: float) -> Any:
+    return data.load_splits(
+        dataset, "train", eval_dataset=eval_dataset, eval_split="test",
+        eval_fraction=eval_fraction, seed=0,
+    )  # fmt: skip
+
+
+def test_held_out_split_leaves_examples_to_train_on(tmp_path: Path) -> None:
+    one = str(write_lines(tmp_path / "one.jsonl", [json.dumps(PAIRED)]))
+    with pytest.raises(ValueError, match="leaves none to train on: give --eval-dataset"):
+        split(one, None, 0.05)
+    train, held_out = split(one, None, 0.0)
+    assert len(train) == 1 and held_out == []  # --eval-fraction 0: no evaluation
+    twenty = str(write_lines(tmp_path / "twenty.jsonl", [json.dumps(PAIRED)] * 20))
+    train, held_out = split(twenty, None, 0.05)
+    assert (len(train), len(held_out)) == (19, 1)
+    unpaired = str(write_lines(tmp_path / "u.jsonl", [json.dumps(UNPAIRED)]))
+    with pytest.raises(data.DataError, match="different formats"):
+        split(twenty, unpaired, 0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--eval-fraction", "-0.1"], "--eval-fraction must lie in [0, 1), got -0.1"),
+        (["--max-prompt-length", "0"], "--max-prompt-length must be at least 1, got 0"),
+        (["--max-length", "8", "--max-prompt-length", "8"], "must be below --max-length (8)"),
+        (["--log-every", "0"], "--log-every must be at least 1, got 0"),
+        (["--beta", "0"], "--beta must be positive, got 0.0"),
+        (["--model", "m"], "give both --model and --dataset, or neither"),
+    ],
+)
+def test_bad_options_name_the_flag(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--output-dir", "x", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_command_line_round_trips_and_embedded_defaults_follow_the_task(
+    tmp_path: Path,
+) -> None:
+    cfg = parse_args(["--output-dir", str(tmp_path), "--no-global-sort", "--beta", "0.5"])
+    expected = AlignConfig(
+        str(tmp_path), global_sort=False, beta=0.5, **embedded_defaults(toy.ToyConfig())
+    )
+    assert cfg == expected
+    assert (cfg.max_length, cfg.max_prompt_length) == (16, 7)  # the tiny GPT-2's 16 positions
+    assert parse_args(to_args(dataclasses.asdict(cfg))) == cfg
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"max_letters": 3}))
+    small = parse_args(["--output-dir", "x", "--toy-config", str(task)])
+    assert (small.max_length, small.max_prompt_length) == (10, 4)
+    task.write_text(json.dumps({"letters": 3}))
+    with pytest.raises(ValueError, match=r"ToyConfig has no field\(s\) \['letters'\]"):
+        toy.ToyConfig.load(task)
+    user = parse_args(["--output-dir", "x", "--model", "m", "--dataset", "d.jsonl"])
+    assert user == AlignConfig("x", model="m", dataset="d.jsonl")  # the plain defaults
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing and batches
+# --------------------------------------------------------------------------------------------
+
+
+def test_truncation_keeps_prompt_end_and_completion_start(tokenizer: Any) -> None:
+    prompt, (completion,) = encode(
+        tokenizer, "abcdefgh=", ["abcdefgh"], max_length=8, max_prompt_length=3
+    )
+    assert tokenizer.decode(prompt) == "gh="
+    assert tokenizer.decode(completion) == "abcde"
+    _, (full,) = encode(tokenizer, "ba=", ["ab"], max_length=32, max_prompt_length=16)
+    assert full[-1] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("max_prompt_length", [1, 4, 7])
+def test_prompt_and_completion_never_exceed_max_length(
+    tokenizer: Any, max_prompt_length: int
+) -> None:
+    prompt, completions = encode(
+        tokenizer, "abcdefghij" * 2 + "=", ["abcd", "j" * 30], max_length=8,
+        max_prompt_length=max_prompt_length,
+    )  # fmt: skip
+    assert len(prompt) == max_prompt_length
+    assert all(0 < len(c) and len(prompt) + len(c) <= 8 for c in completions)
+
+
+@pytest.mark.parametrize(("max_length", "max_prompt_length"), [(8, 0), (8, 8), (8, 20)])
+def test_lengths_that_leave_no_prompt_or_no_completion_are_refused(
+    tokenizer: Any, max_length: int, max_prompt_length: int
+) -> None:
+    with pytest.raises(ValueError, match="--max-prompt-length"):
+        encode(tokenizer, "ab=", ["ab"], max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+def test_a_completion_without_tokens_names_its_record(tokenizer: Any, tmp_path: Path) -> None:
+    tokenizer = toy.build_tokenizer("abcdefghij")
+    tokenizer.chat_template = (  # renders the assistant's turn as nothing
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}={% endif %}"
+        "{% endfor %}"
+    )
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(PAIRED)] * 2)
+    with pytest.raises(data.DataError, match=re.escape(f"{path}:1: a completion has no tokens")):
+        encode_examples(data.read_jsonl(path), tokenizer, max_length=16, max_prompt_length=8)
+
+
+def test_chat_template_marks_the_assistant_turn(tokenizer: Any) -> None:
+    tokenizer = toy.build_tokenizer("abcdefghij")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}="
+        "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    prompt, completions = encode(tokenizer, "cab", ["abc"], max_length=32, max_prompt_length=16)
+    assert tokenizer.decode(prompt) == "cab="
+    assert completions == [
+        tokenizer("abc", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ]
+    messages = [{"role": "user", "content": "cab"}]
+    assert encode(tokenizer, messages, [[{"role": "assistant", "content": "abc"}]],
+                  max_length=32, max_prompt_length=16) == (prompt, completions)  # fmt: skip
+
+
+class CountingTokenizer:
+    """A tokenizer that records every text it tokenizes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.texts = inner, []
+
+    def __call__(self, text: str, **kwargs: Any) -> Any:
+        self.texts.append(text)
+        return self.inner(text, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_each_text_is_tokenized_once_and_kept_truncated(tokenizer: Any) -> None:
+    long_prompt = "abcdefghij" * 10_000 + "="  # 100 kB
+    examples = [data.PairedExample(long_prompt, "abc", "cba")] + [
+        data.PairedExample(f"{letter}a=", "a" + letter, letter + "a") for letter in "bcdefghij"
+    ]
+    counting = CountingTokenizer(tokenizer)
+    encoded = encode_examples(examples, counting, max_length=8, max_prompt_length=4)  # type: ignore[arg-type]
+    assert len(counting.texts) == 3 * len(examples)  # a prompt and two completions each
+    assert len(encoded[0].prompt) == 4 and tokenizer.decode(encoded[0].prompt) == "hij="
+    schedule = BatchSchedule.for_examples(examples, 2, seed=0, rank=0, world_size=1)
+    for micro_step in range(20):  # four epochs of batches tokenize nothing
+        collate([encoded[i] for i in schedule.indices(micro_step)], tokenizer.pad_token_id)
+    assert len(counting.texts) == 3 * len(examples)
+
+
+def test_batch_masks_only_completion_tokens(tokenizer: Any) -> None:
+    examples = [data.PairedExample("ba=", "ab", "ba"), data.PairedExample("cba=", "abc", "cab")]
+    encoded = encode_examples(examples, tokenizer, max_length=32, max_prompt_length=16)
+    batch = collate(encoded, tokenizer.pad_token_id)
+    assert batch.chosen.tolist() == [True, True, False, False]
+    assert batch.attention_mask.sum(1).tolist() == [6, 8, 6, 8]
+    assert batch.completion_mask.sum(1).tolist() == [3, 4, 3, 4]
+    assert batch.input_ids[0, 6:].eq(tokenizer.pad_token_id).all()  # right padding
+    unpaired = encode_examples([data.UnpairedExample("ba=", "ab", False)], tokenizer,
+                               max_length=32, max_prompt_length=16)  # fmt: skip
+    with pytest.raises(TypeError, match="cannot mix paired and unpaired"):
+        collate([*encoded, *unpaired], tokenizer.pad_token_id)
+
+
+def test_batch_schedule_is_deterministic_and_sharded() -> None:
+    paired = [data.PairedExample("a=", "a", "b")] * 20
+    ranks = [BatchSchedule.for_examples(paired, 3, seed=1, rank=r, world_size=2) for r in range(2)]
+    assert ranks[0].per_epoch == 3
+    single = BatchSchedule.for_examples(paired, 6, seed=1, rank=0, world_size=1)
+    for k in range(7):  # crosses epochs
+        assert ranks[0].indices(k) + ranks[1].indices(k) == single.indices(k)
+    first_epoch = [i for k in range(3) for i in single.indices(k)]
+    assert len(set(first_epoch)) == 18
+    assert single.indices(5) == BatchSchedule.for_examples(
+        paired, 6, seed=1, rank=0, world_size=1
+    ).indices(5)  # a pure function of the micro-step: resuming needs only the count
+
+    unpaired = [data.UnpairedExample("a=", "a", i % 4 == 0) for i in range(40)]
+    schedule = BatchSchedule.for_examples(unpaired, 8, seed=0, rank=0, world_size=1)
+    assert [sum(unpaired[i].label for i in schedule.indices(k)) for k in range(5)] == [2] * 5
