@@ -221,15 +221,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         step_scheduler_with_optimizer=False,
     )
     out = Path(cfg.output_dir)
-    if cfg.resume and (out / SUMMARY).exists():  # never redone: its results are kept as they are
+    if (out / SUMMARY).exists():  # a finished run is never redone: its results are shown
         accelerator.print(f"{out} holds a finished run (a new one needs another --output-dir)")
         accelerator.print(summary_table(json.loads((out / SUMMARY).read_text())))
         return
     previous = existing_run(out)
     if not cfg.resume and previous is not None:
         raise SystemExit(
-            f"align.py: error: --output-dir {out} already holds a run ({previous}): pass "
-            "--resume to continue it, or choose another --output-dir"
+            f"align.py: error: --output-dir {out} already holds an unfinished run ({previous}): "
+            "pass --resume to continue it, or choose another --output-dir"
         )
     artifacts = None
     if cfg.model is None:

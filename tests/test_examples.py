@@ -244,6 +244,11 @@ def test_resume_after_a_kill_reads_like_the_uninterrupted_run(
     assert saved and all("lora_" in name for name in saved)  # the adapter, not the base model
     with (tmp_path / "metrics.jsonl").open("a") as file:
         file.write('{"step": 4, "split": "tr')
+    refused = run_align(
+        user_args(tmp_path, micro_task), capture_output=True, text=True, timeout=600
+    )
+    assert refused.returncode != 0  # not mixed with a new run's files
+    assert f"already holds an unfinished run ({checkpoint})" in refused.stderr
     printed = align(user_args(tmp_path, micro_task, "--resume")).stdout
     assert "dropped 1 line(s) logged after the checkpoint (the last one half-written)" in printed
     assert_same_run(tmp_path, uninterrupted[0])
@@ -255,13 +260,11 @@ def test_a_finished_run_is_shown_not_redone(
     run = tmp_path / "run"
     shutil.copytree(uninterrupted[0], run)
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    refused = run_align(user_args(run, micro_task), capture_output=True, text=True, timeout=600)
-    assert refused.returncode != 0
-    assert f"--output-dir {run} already holds a run ({run / 'summary.json'})" in refused.stderr
-    shown = align(user_args(run, micro_task, "--resume")).stdout
-    assert "holds a finished run" in shown
-    assert uninterrupted[1].strip() in shown  # the same table, from the saved summary
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    for resume in ([], ["--resume"]):  # the README's command run twice shows the first results
+        shown = align(user_args(run, micro_task, *resume)).stdout
+        assert "holds a finished run" in shown
+        assert uninterrupted[1].strip() in shown  # the same table, from the saved summary
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
 
 def test_a_run_killed_after_its_last_checkpoint_completes_once(

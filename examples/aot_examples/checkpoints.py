@@ -47,9 +47,7 @@ def complete_checkpoints(out: Path) -> list[Path]:
 
 
 def existing_run(out: Path) -> Path | None:
-    """What marks ``out`` as holding a run: its summary, or else its newest checkpoint."""
-    if (out / SUMMARY).exists():
-        return out / SUMMARY
+    """What marks ``out`` as holding an unfinished run: its newest checkpoint."""
     done = complete_checkpoints(out)
     return done[-1] if done else None
 
