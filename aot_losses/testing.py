@@ -894,12 +894,18 @@ _DYADIC_WEIGHTS = (1.0, 0.0, 2.0, 0.5, 3.0, 0.25)
 
 
 def _values(min_value: float, max_value: float) -> st.SearchStrategy[float]:
-    """Round numbers (ties, differences on the penalties' kinks) and any float in
-    [min_value, max_value] (hypothesis spreads them over every magnitude: dynamic range)."""
+    """Round numbers (ties, differences on the penalties' kinks), any float in
+    [min_value, max_value], and k 10^e for k in [-999, 999], e in [-6, 3] (clipped): small
+    differences next to large values in one case (dynamic range)."""
     round_values = [x for x in _ROUND_VALUES if min_value <= x <= max_value] or [min_value]
+
+    def scaled(k: int, e: int) -> float:
+        return min(max(k * 10.0**e, min_value), max_value)
+
     return st.one_of(
         st.sampled_from(round_values),
         st.floats(min_value, max_value, allow_nan=False, allow_subnormal=False),
+        st.builds(scaled, st.integers(-999, 999), st.integers(-6, 3)),
     )
 
 
@@ -1150,7 +1156,8 @@ def check_ot_1d(
         max_examples: number of cases.
         rtol: relative tolerance.
         atol: absolute tolerance.
-        seed: makes the run reproducible (``None``: hypothesis' random).
+        seed: makes the run reproducible (``None``: hypothesis' random); for the same program:
+            hypothesis also draws constants from the loaded modules of your project.
         derivative: h' of a callable penalty, for ``gradients=True``.
         cases: a strategy of :class:`OTCase` to use instead of
             ``ot_cases(weights=weights, unequal_sizes=unequal_sizes)`` (to narrow the range).
@@ -1312,7 +1319,7 @@ def check_soft_sort(
         max_examples: number of cases.
         rtol: relative tolerance.
         atol: absolute tolerance.
-        seed: makes the run reproducible.
+        seed: makes the run reproducible (as in :func:`check_ot_1d`).
 
     Returns:
         None when every case passes.
@@ -1512,7 +1519,7 @@ def check_aot_loss(
         max_examples: number of cases.
         rtol: relative tolerance.
         atol: absolute tolerance.
-        seed: makes the run reproducible.
+        seed: makes the run reproducible (as in :func:`check_ot_1d`).
 
     Returns:
         None when every case passes.
