@@ -413,6 +413,7 @@ def _transport(
     v_weights: object,
     method: object,
 ) -> _Transport:
+    """Check the arguments of the public OT references; solve for an optimal coupling."""
     h = reference_penalty(penalty, beta=beta, label_smoothing=label_smoothing)
     check_choice(method, "method", ("quantile", "lp"))
     u_array, v_array = _array(u, "u"), _array(v, "v")
@@ -946,7 +947,8 @@ def ot_cases(
       from [1e-3, 1e3]; each side is weighted or uniform (``None``);
     * unequal sizes, including 1 against ``max_size``, and sizes that divide each other:
       with dyadic weights, cut points of the two cumulative-weight grids coincide exactly;
-    * a wide dynamic range: magnitudes from 1e-7 to 1e6 within one case.
+    * a wide dynamic range: any float in [min_value, max_value] (hypothesis spreads them over
+      every magnitude) and k 10^e (|k| < 1000, e in [-6, 3]) within one case.
 
     Args:
         min_size: smallest n and m, >= 1.
@@ -993,10 +995,16 @@ def ot_cases(
     def cases(draw: st.DrawFn) -> OTCase:
         element = _draw_element(draw, values)
         u = draw(st.lists(element, min_size=min_size, max_size=max_size))
-        n = m = len(u)
+        m = len(u)
         if unequal_sizes:
-            multiples = st.integers(1, max_size // n).map(lambda k: n * k)
-            m = draw(st.one_of(st.just(n), sizes, multiples, st.just(max_size)))
+            shape = draw(st.sampled_from(("equal", "any", "multiple", "one against many")))
+            if shape == "any":
+                m = draw(sizes)
+            elif shape == "multiple":
+                m = len(u) * draw(st.integers(1, max_size // len(u)))
+            elif shape == "one against many":
+                u, m = u[:min_size], max_size
+        n = len(u)
         v = draw(st.lists(element, min_size=m, max_size=m))
 
         def weights_of(size: int) -> FloatArray | None:
@@ -1019,9 +1027,11 @@ def _run(
     max_examples: int,
     seed: int | None,
 ) -> None:
-    """Run ``prop`` as a hypothesis test; the first failure is shrunk and re-raised."""
+    """Run ``prop`` as a hypothesis test; the first failure is shrunk and re-raised. A ``seed``
+    overrides a loaded profile's ``derandomize``; without one, the profile decides."""
     test = given(strategy)(prop)
     test = settings(
+        derandomize=settings().derandomize if seed is None else False,
         max_examples=max_examples,
         deadline=None,
         database=None,
