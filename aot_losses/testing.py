@@ -115,14 +115,18 @@ def _weights(w: object, name: str, size: int, samples: str) -> FloatArray | None
     return array
 
 
-def _check_run_options(rtol: object, atol: object, max_examples: object, seed: object) -> None:
+def _check_run_options(
+    rtol: object, atol: object, max_examples: object, seed: object, max_size: object = 1
+) -> None:
+    """Check the options shared by the checkers."""
     for name, value in (("rtol", rtol), ("atol", atol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a real number >= 0; got {describe(value)}")
         if not 0 <= value < math.inf:
             raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive int; got {describe(max_examples)}")
+    for name, count in (("max_examples", max_examples), ("max_size", max_size)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{name} must be a positive int; got {describe(count)}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None; got {describe(seed)}")
 
@@ -1161,7 +1165,7 @@ def check_ot_1d(
         label_smoothing: eps of the logistic penalty.
         unequal_sizes: draw n != m.
         weights: draw weighted cases.
-        gradients: also check ``u.grad`` and ``v.grad``.
+        gradients: also check the gradients of the value w.r.t. ``u`` and ``v``.
         array: ``"numpy"`` or ``"torch"``.
         max_examples: number of cases.
         rtol: relative tolerance.
@@ -1348,9 +1352,7 @@ def check_soft_sort(
     """
     check_choice(regularization, "regularization", ("l2", "kl"))
     check_choice(array, "array", ("numpy", "torch"))
-    _check_run_options(rtol, atol, max_examples, seed)
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise ValueError(f"max_size must be a positive int; got {describe(max_size)}")
+    _check_run_options(rtol, atol, max_examples, seed, max_size)
     if gradients and array != "torch":
         raise ValueError(
             f"gradients=True differentiates the candidate: it needs array='torch'; got {array!r}"
@@ -1545,12 +1547,10 @@ def check_aot_loss(
     """
     reference_penalty(penalty, beta=beta, label_smoothing=label_smoothing)
     check_choice(array, "array", ("numpy", "torch"))
-    _check_run_options(rtol, atol, max_examples, seed)
+    _check_run_options(rtol, atol, max_examples, seed, max_size)
     for name, flag in (("paired", paired), ("unequal_sizes", unequal_sizes), ("weights", weights)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool; got {describe(flag)}")
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise ValueError(f"max_size must be a positive int; got {describe(max_size)}")
     checker = "check_aot_loss"
     tolerance = f"rtol={rtol}, atol={atol}; paired={paired}, penalty={penalty!r}, beta={beta}"
     if label_smoothing:

@@ -483,6 +483,7 @@ def test_the_kit_is_optional_and_names_its_extra(monkeypatch):
         (lambda: check_ot_1d(textbook, array="jax"), ValueError, "array must be one of"),
         (lambda: check_ot_1d(textbook, rtol=-1.0), ValueError, "rtol must be a finite number"),
         (lambda: check_ot_1d(textbook, max_examples=0), ValueError, "max_examples"),
+        (lambda: check_aot_loss(aot_paired_loss, max_size=0), ValueError, "max_size must be"),
         (lambda: check_ot_1d(textbook, seed=1.5), TypeError, "seed must be an int"),
         (lambda: ot_cases(min_size=0), ValueError, "1 <= min_size <= max_size"),
         (lambda: ot_cases(min_value=1.0, max_value=1.0), ValueError, "min_value < max_value"),
