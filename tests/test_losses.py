@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,31 +17,11 @@ from aot_losses import (
     ot_1d,
     soft_sort,
 )
+from aot_losses.testing import trl_aot_loss
 
 from .tolerances import assert_close
 
 PENALTIES = ["logistic", "squared_hinge", "hinge", "least_squares"]
-
-
-def trl_aot_loss(
-    policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing, paired
-):
-    """TRL's ``DPOTrainer`` branches ``loss_type="aot"`` / ``"aot_unpaired"`` and the paper's
-    Appendix-B code, transcribed: logsigmoid of beta x the sorted differences."""
-    if paired:
-        first = policy_chosen - policy_rejected
-        second = ref_chosen - ref_rejected
-    else:
-        first = policy_chosen - ref_chosen
-        second = policy_rejected - ref_rejected
-    first_sorted, _ = torch.sort(first, dim=0)
-    second_sorted, _ = torch.sort(second, dim=0)
-    delta = first_sorted - second_sorted
-    losses = (
-        -F.logsigmoid(beta * delta) * (1 - label_smoothing)
-        - F.logsigmoid(-beta * delta) * label_smoothing
-    )
-    return losses.mean()
 
 
 def logps(n: int, seed: int, dtype=torch.float64) -> list[torch.Tensor]:
@@ -62,12 +41,13 @@ def test_defaults_equal_the_papers_and_trls_formula(n, seed, beta, label_smoothi
     tensors = logps(n, seed)
     loss = aot_paired_loss if paired else aot_unpaired_loss
     got = loss(*tensors, beta=beta, label_smoothing=label_smoothing)
-    assert_close(got, trl_aot_loss(*tensors, beta, label_smoothing, paired))
+    expected = trl_aot_loss(*tensors, beta=beta, label_smoothing=label_smoothing, paired=paired)
+    assert_close(got, expected)
 
 
 def test_default_beta_is_the_papers():
     tensors = logps(32, 0)
-    assert_close(aot_paired_loss(*tensors), trl_aot_loss(*tensors, 0.01, 0.0, True))
+    assert_close(aot_paired_loss(*tensors), trl_aot_loss(*tensors))
 
 
 @pytest.mark.parametrize("penalty", PENALTIES)

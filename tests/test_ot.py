@@ -1,4 +1,5 @@
-"""ot_1d against scipy's exact oracles (LP, assignment, Wasserstein) and its metamorphic laws."""
+"""ot_1d against exact oracles (the kit's LP and Danskin gradients, scipy's assignment and
+Wasserstein) and its metamorphic laws."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from hypothesis import strategies as st
 
 from aot_losses import ot_1d
 from aot_losses.penalties import get_penalty
+from aot_losses.testing import ot_cases, reference_ot_1d, reference_ot_grad
 
 from .tolerances import TOLERANCES, assert_close
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 scipy_stats = pytest.importorskip("scipy.stats")
+
+
+def exponential(x):
+    """A convex h(x) = exp(-x) for tensors (ot_1d) and arrays (the kit's oracles)."""
+    return torch.exp(-x) if torch.is_tensor(x) else np.exp(-x)
+
 
 # (name or callable, beta, label_smoothing): five convex h, asymmetric ones included.
 CONVEX_PENALTIES: dict[str, tuple[str | Callable[[torch.Tensor], torch.Tensor], float, float]] = {
@@ -26,8 +34,9 @@ CONVEX_PENALTIES: dict[str, tuple[str | Callable[[torch.Tensor], torch.Tensor], 
     "squared_hinge": ("squared_hinge", 0.5, 0.0),
     "hinge": ("hinge", 0.3, 0.0),
     "least_squares": ("least_squares", 0.25, 0.0),
-    "exponential": (lambda x: torch.exp(-x), 1.0, 0.0),
+    "exponential": (exponential, 1.0, 0.0),
 }
+DERIVATIVES = {"exponential": lambda x: -np.exp(-x)}  # h' of the callables, for Danskin
 STRICTLY_CONVEX = ["logistic", "logistic_smoothed", "least_squares", "exponential"]
 
 settings.register_profile("ot", max_examples=60, deadline=None, derandomize=True)
@@ -48,67 +57,33 @@ def as64(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float64))
 
 
-def lp_oracle(u, v, a, b, h) -> tuple[float, np.ndarray]:
-    """min <C, P> over the transport polytope, C_ij = h(u_i - v_j), by HiGHS."""
-    n, m = len(u), len(v)
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a / a.sum(), b / b.sum()
-    cost = h(as64(u)[:, None] - as64(v)[None, :]).numpy()
-    rows = np.kron(np.eye(n), np.ones((1, m)))
-    cols = np.kron(np.ones((1, n)), np.eye(m))
-    a_eq = np.vstack([rows, cols[:-1]])  # one marginal row is redundant
-    b_eq = np.concatenate([a, b[:-1]])
-    res = scipy_optimize.linprog(
-        cost.ravel(),
-        A_eq=a_eq,
-        b_eq=b_eq,
-        bounds=(0, None),
-        method="highs",
-        options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
-    )
-    assert res.status == 0, res.message
-    return float(res.fun), res.x.reshape(n, m)
+def lp_reference(key: str, u, v, a=None, b=None) -> float:
+    """The kit's LP oracle: min <C, P> over the transport polytope, C_ij = h(u_i - v_j)."""
+    penalty, beta, eps = CONVEX_PENALTIES[key]
+    kw = {"beta": beta, "label_smoothing": eps, "u_weights": a, "v_weights": b}
+    return reference_ot_1d(u, v, penalty, **kw, method="lp")
 
 
-values = st.one_of(
-    st.floats(-4, 4, allow_nan=False, width=64),
-    st.sampled_from([-1.0, 0.0, 0.5, 2.0]),  # a small pool makes ties likely
-)
-weights_st = st.sampled_from([0.0, 0.25, 1.0, 2.0, 3.5])
+CASES = ot_cases(max_size=7, min_value=-4.0, max_value=4.0)
 
 
-@st.composite
-def weighted_samples(draw, max_size: int = 7):
-    n = draw(st.integers(1, max_size))
-    m = draw(st.integers(1, max_size))
-    u = draw(st.lists(values, min_size=n, max_size=n))
-    v = draw(st.lists(values, min_size=m, max_size=m))
-    a = draw(st.lists(weights_st, min_size=n, max_size=n).filter(lambda w: sum(w) > 0))
-    b = draw(st.lists(weights_st, min_size=m, max_size=m).filter(lambda w: sum(w) > 0))
-    return u, v, a, b
+def optional(x: np.ndarray | None) -> torch.Tensor | None:
+    return None if x is None else as64(x)
 
 
 @pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
-@given(sample=weighted_samples())
-def test_matches_linear_program_with_weights_ties_and_unequal_sizes(key, sample):
-    u, v, a, b = sample
-    expected, _ = lp_oracle(u, v, a, b, penalty_fn(key))
-    got = ot(
-        torch.tensor(u, dtype=torch.float64),
-        torch.tensor(v, dtype=torch.float64),
-        key,
-        u_weights=torch.tensor(a, dtype=torch.float64),
-        v_weights=torch.tensor(b, dtype=torch.float64),
-    )
+@given(case=CASES)
+def test_matches_linear_program_with_weights_ties_and_unequal_sizes(key, case):
+    u, v, a, b = case
+    expected = lp_reference(key, u, v, a, b)
+    got = ot(as64(u), as64(v), key, u_weights=optional(a), v_weights=optional(b))
     assert math.isclose(float(got), expected, rel_tol=1e-9, abs_tol=1e-12)
 
 
 @pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
-@given(data=st.data())
-def test_equal_sizes_match_linear_sum_assignment(key, data):
-    n = data.draw(st.integers(1, 12))
-    u = data.draw(st.lists(values, min_size=n, max_size=n))
-    v = data.draw(st.lists(values, min_size=n, max_size=n))
+@given(case=ot_cases(max_size=12, weights=False, unequal_sizes=False, min_value=-4, max_value=4))
+def test_equal_sizes_match_linear_sum_assignment(key, case):
+    u, v = case.u, case.v
     cost = penalty_fn(key)(as64(u)[:, None] - as64(v)[None, :]).numpy()
     rows, cols = scipy_optimize.linear_sum_assignment(cost)
     got = ot(torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64), key)
@@ -116,11 +91,10 @@ def test_equal_sizes_match_linear_sum_assignment(key, data):
 
 
 @pytest.mark.parametrize("key", ["squared_hinge", "logistic"])
-@given(data=st.data())
-def test_unequal_uniform_sizes_match_assignment_on_repeated_atoms(key, data):
-    n, m = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
-    u = np.array(data.draw(st.lists(values, min_size=n, max_size=n)))
-    v = np.array(data.draw(st.lists(values, min_size=m, max_size=m)))
+@given(case=ot_cases(max_size=6, weights=False, min_value=-4, max_value=4))
+def test_unequal_uniform_sizes_match_assignment_on_repeated_atoms(key, case):
+    u, v = case.u, case.v
+    n, m = len(u), len(v)
     size = math.lcm(n, m)
     big_u, big_v = np.repeat(u, size // n), np.repeat(v, size // m)
     cost = penalty_fn(key)(as64(big_u)[:, None] - as64(big_v)[None, :]).numpy()
@@ -129,16 +103,10 @@ def test_unequal_uniform_sizes_match_assignment_on_repeated_atoms(key, data):
     assert math.isclose(float(got), cost[rows, cols].mean(), rel_tol=1e-9, abs_tol=1e-12)
 
 
-@given(sample=weighted_samples(max_size=10))
-def test_w1_matches_scipy_wasserstein_distance(sample):
-    u, v, a, b = sample
-    got = ot_1d(
-        torch.tensor(u, dtype=torch.float64),
-        torch.tensor(v, dtype=torch.float64),
-        torch.abs,
-        u_weights=torch.tensor(a, dtype=torch.float64),
-        v_weights=torch.tensor(b, dtype=torch.float64),
-    )
+@given(case=ot_cases(max_size=10, min_value=-4, max_value=4))
+def test_w1_matches_scipy_wasserstein_distance(case):
+    u, v, a, b = case
+    got = ot_1d(as64(u), as64(v), torch.abs, u_weights=optional(a), v_weights=optional(b))
     expected = scipy_stats.wasserstein_distance(u, v, a, b)
     assert math.isclose(float(got), expected, rel_tol=1e-9, abs_tol=1e-12)
 
@@ -153,18 +121,17 @@ def test_gradient_matches_danskin_on_the_lp_plan(key, data):
     u, v = points[:n], points[n:]
     a = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=n, max_size=n))
     b = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=m, max_size=m))
-    h = penalty_fn(key)
-    _, plan = lp_oracle(u, v, a, b, h)
-    diff = (as64(u)[:, None] - as64(v)[None, :]).requires_grad_()
-    (h_prime,) = torch.autograd.grad(h(diff).sum(), diff)
-    expected_u = (as64(plan) * h_prime).sum(1)
-    expected_v = -(as64(plan) * h_prime).sum(0)
+    penalty, beta, eps = CONVEX_PENALTIES[key]
+    expected_u, expected_v = reference_ot_grad(
+        u, v, penalty, beta=beta, label_smoothing=eps, u_weights=a, v_weights=b,
+        derivative=DERIVATIVES.get(key), method="lp",
+    )  # fmt: skip
 
     ut, vt = as64(u).requires_grad_(), as64(v).requires_grad_()
     value = ot(ut, vt, key, u_weights=as64(a), v_weights=as64(b))
     grad_u, grad_v = torch.autograd.grad(value, (ut, vt))
-    torch.testing.assert_close(grad_u, expected_u, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(grad_v, expected_v, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(grad_u, as64(expected_u), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(grad_v, as64(expected_v), rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("key", list(CONVEX_PENALTIES))
@@ -249,7 +216,9 @@ def test_reductions_are_consistent_with_mean(reduction, m):
 
 @st.composite
 def float64_samples(draw):
-    u, v, a, b = draw(weighted_samples())
+    u, v, a, b = draw(CASES)
+    a = np.ones(len(u)) if a is None else a
+    b = np.ones(len(v)) if b is None else b
     return (torch.tensor(x, dtype=torch.float64) for x in (u, v, a, b))
 
 
@@ -329,12 +298,8 @@ def test_zero_when_h_vanishes_and_the_samples_coincide():
 def test_nonconvex_penalty_is_only_an_upper_bound():
     """Why the contract asks for convex h: for a concave cost the sorted coupling is not OT."""
     u, v = [0.0, 1.0], [1.0, 2.0]
-
-    def concave(x: torch.Tensor) -> torch.Tensor:
-        return x.abs().sqrt()
-
-    sorted_value = float(ot_1d(as64(u), as64(v), concave))
-    exact, _ = lp_oracle(u, v, [1, 1], [1, 1], concave)
+    sorted_value = float(ot_1d(as64(u), as64(v), lambda x: x.abs().sqrt()))
+    exact = reference_ot_1d(u, v, lambda x: np.sqrt(np.abs(x)), method="lp")
     assert sorted_value == 1.0
     assert math.isclose(exact, math.sqrt(2) / 2, rel_tol=1e-9)
 

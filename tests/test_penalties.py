@@ -71,3 +71,56 @@ def test_gradcheck_float64(name):
     x = torch.linspace(-3, 3, 13, dtype=torch.float64).add_(0.01).requires_grad_()
     h = get_penalty(name, beta=0.5, label_smoothing=0.1 if name == "logistic" else 0.0)
     assert torch.autograd.gradcheck(h, (x,))
+
+
+def _arguments() -> list[float]:
+    """[-60, 60] on a grid, plus just above and below the 20 where softplus' default threshold
+    switches to its linear approximation (and its mirror images)."""
+    near = [20.0, 20.0 + 1e-9, 20.001, 20.5, 21.0, 25.0, 30.0, 36.0, 37.0, 40.0]
+    grid = [k / 4 + 0.01 for k in range(-240, 240)]
+    return sorted({*grid, *near, *(-x for x in near), -60.0, 60.0})
+
+
+@pytest.mark.parametrize(
+    ("name", "beta", "eps"),
+    [
+        ("logistic", 1.0, 0.0),
+        ("logistic", 1.0, 0.25),
+        ("logistic", 0.7, 0.1),
+        ("squared_hinge", 1.0, 0.0),
+        ("hinge", 0.5, 0.0),
+        ("least_squares", 2.0, 0.0),
+    ],
+)
+def test_named_penalties_are_exact_in_float64(name, beta, eps):
+    """Value and gradient against a 50-digit mpmath evaluation at the float64 arguments: within
+    2e-15 of the size of the terms (relative where the terms do not cancel)."""
+    mpmath = pytest.importorskip("mpmath")
+    mp = mpmath.mp
+    mp.dps = 50
+    b, e = mp.mpf(beta), mp.mpf(eps)
+
+    def softplus(t):
+        return mpmath.log1p(mpmath.exp(t))
+
+    # each penalty as the sum of its terms, exactly (beta and eps as the floats they are)
+    terms = {
+        "logistic": lambda t: ((1 - e) * softplus(-b * t), e * softplus(b * t)),
+        "squared_hinge": lambda t: (max(b - t, 0) ** 2,),
+        "hinge": lambda t: (max(b - t, 0),),
+        "least_squares": lambda t: ((b - t) ** 2,),
+    }[name]
+    xs = [x for x in _arguments() if x != beta]  # the hinges' kink has no derivative
+    x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
+    h = get_penalty(name, beta=beta, label_smoothing=eps)
+    value = h(x)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    for i, t in enumerate(xs):
+        t = mp.mpf(t)
+        parts = terms(t)
+        slopes = [mpmath.diff(lambda s, k=k: terms(s)[k], t) for k in range(len(parts))]
+        for got, exact, size in (
+            (value[i].item(), sum(parts), sum(abs(p) for p in parts)),
+            (grad[i].item(), sum(slopes), sum(abs(p) for p in slopes)),
+        ):
+            assert abs(mp.mpf(got) - exact) <= 2e-15 * size, (t, got, exact)

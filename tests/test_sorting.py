@@ -1,8 +1,9 @@
 """Tests of aot_losses.sorting: hard_sort, soft_sort, soft_rank and their backends.
 
 The pure-PyTorch backend is checked against an independent pure-Python PAV written from
-torchsort's conventions, against torchsort itself (float64, values and gradients), and for every
-soft-sort invariant listed in DESIGN.md. Both stages of its solver are exercised: the parallel
+torchsort's conventions (``aot_losses.testing.reference_soft_sort`` / ``reference_soft_rank``),
+against torchsort itself (float64, values and gradients), and for every soft-sort invariant
+listed in DESIGN.md. Both stages of its solver are exercised: the parallel
 PAV passes (default) and the divide-and-conquer hull merge (forced by ``_stage("hull")``).
 """
 
@@ -26,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from aot_losses import _validation, ot_1d
 from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
+from aot_losses.testing import reference_soft_rank, reference_soft_sort
 
 from .tolerances import TOLERANCES, assert_close
 
@@ -74,53 +76,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(saved)
 
 
-def _reference(x: list[float], s: float, reg: str, rank: bool) -> list[float]:
-    """torchsort's soft sort / soft rank of a 1-D list, by a sequential stack PAV in Python."""
-    n = len(x)
-    a = sorted(x)
-
-    def lse(v: list[float]) -> float:
-        top = max(v)
-        return top + math.log(sum(math.exp(t - top) for t in v))
-
-    def g(length: int) -> float:
-        return math.log(-math.expm1(-length / s))
-
-    def value(lo: int, hi: int) -> float:  # fitted value of positions [lo, hi), decreasing
-        seg = a[lo:hi]
-        if reg == "l2":
-            mean = sum(seg) / len(seg)
-            return mean - (lo + hi) / (2 * s) if not rank else (lo + hi) / 2 - mean / s
-        if not rank:
-            return -lse([-t for t in seg]) - lo / s + g(hi - lo)
-        return math.log((hi - lo) * (lo + hi + 1)) - lse([t / s for t in seg])
-
-    stack: list[tuple[int, int]] = []
-    for i in range(n):
-        stack.append((i, i + 1))
-        while len(stack) > 1 and value(*stack[-1]) >= value(*stack[-2]):
-            (_, hi), (lo, _) = stack.pop(), stack.pop()
-            stack.append((lo, hi))
-    out = [0.0] * n
-    for lo, hi in stack:
-        seg, size = a[lo:hi], hi - lo
-        for i in range(lo, hi):
-            if reg == "l2" and not rank:
-                out[i] = sum(seg) / size + (i - (lo + hi - 1) / 2) / s
-            elif reg == "l2":
-                out[i] = (lo + hi - 1) / 2 + 1 + (a[i] - sum(seg) / size) / s
-            elif not rank:
-                out[i] = -lse([-t for t in seg]) + (i - lo) / s + g(size) - g(1)
-            else:
-                out[i] = math.exp(a[i] / s - lse([t / s for t in seg])) * size * (lo + hi + 1) / 2
-    if not rank:
-        return out
-    rank_of = {}  # tied values always share a block, hence a rank
-    for i, v in enumerate(a):
-        rank_of[v] = out[i]
-    return [rank_of[v] for v in x]
-
-
 def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "random":
@@ -148,7 +103,8 @@ def test_matches_reference_pav(stage: str, reg: str, rank: bool, data: str) -> N
         x = _inputs(data, (3, n), seed=n)
         with _stage(stage):
             out = _soft(rank)(x, regularization=reg, regularization_strength=s)
-        expected = [_reference(row.tolist(), s, reg, rank) for row in x]
+        reference = reference_soft_rank if rank else reference_soft_sort
+        expected = [reference(row, s, reg).tolist() for row in x]
         assert_close(out, torch.tensor(expected, dtype=torch.float64))
 
 
