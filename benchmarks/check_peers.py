@@ -1,6 +1,6 @@
 """Point aot_losses.testing at peer implementations; prints what docs/testing.md reports.
 
-    python scripts/check_peers.py
+    python -m benchmarks.check_peers
 
 Needs the test extra (POT); torchsort is optional. Every check runs with ``seed=0``, so the
 counterexamples are reproducible.
