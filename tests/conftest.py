@@ -14,8 +14,9 @@ import aot_losses
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(params=DEVICES)
+@pytest.fixture(scope="session", params=DEVICES)
 def device(request: pytest.FixtureRequest) -> torch.device:
+    """Session-scoped, so that hypothesis tests may take it too."""
     return torch.device(request.param)
 
 

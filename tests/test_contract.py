@@ -27,7 +27,7 @@ from aot_losses.nn import (
     SLiCLoss,
 )
 
-from .tolerances import TOLERANCES, assert_close
+from .helpers import TOLERANCES, assert_close, random_logps
 
 LOGPS = (
     "policy_chosen_logps",
@@ -53,13 +53,7 @@ class Case:
     module: type[nn.Module] | None = None
 
     def inputs(self, dtype: torch.dtype, device: torch.device, seed: int = 0) -> list[Tensor]:
-        gen = torch.Generator().manual_seed(seed)
-        return [
-            (-3 * torch.rand(*self.leading, n, generator=gen, dtype=torch.float64) - 1)
-            .to(dtype)
-            .to(device)
-            for n in self.sizes
-        ]
+        return random_logps(self.sizes, seed, dtype=dtype, device=device, leading=self.leading)
 
     def call_options(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(99)

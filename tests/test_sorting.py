@@ -29,7 +29,7 @@ from aot_losses import _validation, ot_1d
 from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
 from aot_losses.testing import reference_soft_rank, reference_soft_sort
 
-from .tolerances import TOLERANCES, assert_close
+from .helpers import TOLERANCES, assert_close
 
 STAGES = ("passes", "hull", "accelerator")
 REGS = ("l2", "kl")
@@ -59,23 +59,6 @@ def _stage(stage: str) -> Iterator[None]:
         ) = saved
 
 
-@pytest.fixture
-def value_checks() -> Iterator[None]:
-    """Restore the value-check mode after a test that changes it."""
-    yield
-    _validation.set_value_checks("auto")
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Large cases run on one torch thread: on a shared machine, threads that wait for each
-    other's cores make them up to 20 times slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "random":
@@ -98,30 +81,37 @@ def _soft(rank: bool) -> SoftFn:
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("data", ["random", "ties", "heavy"])
-def test_matches_reference_pav(stage: str, reg: str, rank: bool, data: str) -> None:
+def test_matches_reference_pav(
+    stage: str, reg: str, rank: bool, data: str, device: torch.device
+) -> None:
     for n, s in [(1, 1.0), (2, 0.3), (5, 1.0), (33, 0.3), (33, 4.0)]:
-        x = _inputs(data, (3, n), seed=n)
+        x = _inputs(data, (3, n), seed=n).to(device)
         with _stage(stage):
             out = _soft(rank)(x, regularization=reg, regularization_strength=s)
         reference = reference_soft_rank if rank else reference_soft_sort
-        expected = [reference(row, s, reg).tolist() for row in x]
-        assert_close(out, torch.tensor(expected, dtype=torch.float64))
+        expected = [reference(row, s, reg).tolist() for row in x.cpu()]
+        assert out.device == x.device
+        assert_close(out.cpu(), torch.tensor(expected, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("data", ["random", "ties", "heavy"])
-def test_matches_torchsort_float64(stage: str, reg: str, rank: bool, data: str) -> None:
+def test_matches_torchsort_float64(
+    stage: str, reg: str, rank: bool, data: str, device: torch.device
+) -> None:
+    """On CUDA, against torchsort's CUDA kernel."""
     torchsort = pytest.importorskip("torchsort")
     reference = torchsort.soft_rank if rank else torchsort.soft_sort
     for n, s in [(1, 1.0), (7, 1.0), (300, 0.1), (300, 1.0), (300, 10.0)]:
-        x = _inputs(data, (4, n), seed=n + int(s * 10))
+        x = _inputs(data, (4, n), seed=n + int(s * 10)).to(device)
         mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
         with _stage(stage):
             out = _soft(rank)(mine, regularization=reg, regularization_strength=s)
         expected = reference(theirs, regularization=reg, regularization_strength=s)
-        upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(n), dtype=x.dtype)
+        gen = torch.Generator().manual_seed(n)
+        upstream = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(device)
         (out * upstream).sum().backward()
         (expected * upstream).sum().backward()
         torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
@@ -285,8 +275,8 @@ def test_kl_sort_is_monotone(row: list[float], s: float, stage: str) -> None:
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
-def test_gradcheck(stage: str, reg: str, rank: bool) -> None:
-    x = _inputs("random", (2, 7), seed=3).requires_grad_()
+def test_gradcheck(stage: str, reg: str, rank: bool, device: torch.device) -> None:
+    x = _inputs("random", (2, 7), seed=3).to(device).requires_grad_()
     for s in (0.3, 1.0, 5.0):
         with _stage(stage):
             assert torch.autograd.gradcheck(
@@ -297,11 +287,13 @@ def test_gradcheck(stage: str, reg: str, rank: bool) -> None:
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
-def test_second_derivatives_are_exact(stage: str, reg: str, rank: bool) -> None:
+def test_second_derivatives_are_exact(
+    stage: str, reg: str, rank: bool, device: torch.device
+) -> None:
     """gradgradcheck (double backward), and forward mode: ``jacfwd`` equals ``jacrev`` and
     ``torch.func.hessian`` (forward over reverse) equals the double-backward Hessian."""
-    x = _inputs("random", (2, 7), seed=3).requires_grad_()
-    weights = torch.arange(7, dtype=torch.float64)
+    x = _inputs("random", (2, 7), seed=3).to(device).requires_grad_()
+    weights = torch.arange(7, dtype=torch.float64, device=device)
     for s in (0.3, 1.0, 5.0):
 
         def fn(t: torch.Tensor, s: float = s) -> torch.Tensor:
@@ -371,13 +363,15 @@ def test_hard_sort_values_and_gradient() -> None:
 
 @pytest.mark.parametrize("n", [65536, pytest.param(1 << 20, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("rank", [False, True])
-def test_float32_matches_float64_at_large_n(one_thread: None, n: int, rank: bool) -> None:
+def test_float32_matches_float64_at_large_n(
+    one_thread: None, n: int, rank: bool, device: torch.device
+) -> None:
     """Gaps around 1/s give blocks of every size; torchsort's float32 error is 3e-2 at n=65536
     and 0.5 at 1M here (DESIGN.md). The float64 reference is fed the float32-rounded input, so
     only the algorithm's error is measured."""
     s, g = 0.1, torch.Generator().manual_seed(n)
     x = (torch.empty(n, dtype=torch.float64).exponential_(generator=g) / s).cumsum(0)
-    x = x[torch.randperm(n, generator=g)].float()
+    x = x[torch.randperm(n, generator=g)].float().to(device)
     for reg in REGS:
         xr = x if reg == "l2" else x * (s / 30)  # kl: keep exp(x / s) in range
         out = _soft(rank)(xr, regularization=reg, regularization_strength=s)
@@ -410,9 +404,11 @@ def test_hull_merge_at_scale_is_bounded_and_accurate(one_thread: None, data: str
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
-def test_half_precision_n3000(dtype: torch.dtype, reg: str, rank: bool) -> None:
+def test_half_precision_n3000(
+    dtype: torch.dtype, reg: str, rank: bool, device: torch.device
+) -> None:
     """torchsort loops forever on float16 at n = 3000; the torch backend computes in float32."""
-    x = _inputs("random", (2, 3000), seed=5).to(dtype).requires_grad_()
+    x = _inputs("random", (2, 3000), seed=5).to(dtype).to(device).requires_grad_()
     out = _soft(rank)(x, regularization=reg, regularization_strength=1.0)
     assert out.dtype == dtype and out.shape == x.shape
     ref = _soft(rank)(x.detach().float(), regularization=reg, regularization_strength=1.0)
@@ -449,8 +445,9 @@ def test_dim_descending_and_leading_shapes(reg: str) -> None:
     torch.testing.assert_close(ranks, soft_rank(-x, regularization=reg))
 
 
-def test_device_and_dtype_preserved() -> None:
-    x = torch.randn(2, 5, dtype=torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_device_and_dtype_preserved(dtype: torch.dtype, device: torch.device) -> None:
+    x = torch.randn(2, 5).to(dtype).to(device)
     for fn in (soft_sort, soft_rank, hard_sort):
         out = fn(x)
         assert out.dtype == x.dtype and out.device == x.device and out.shape == x.shape
@@ -743,7 +740,7 @@ class _HostReads(TorchDispatchMode):
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("reg", REGS)
 def test_accelerator_schedule_bounds_the_host_reads(
-    value_checks: None, reg: str, rank: bool
+    value_checks: None, reg: str, rank: bool, device: torch.device
 ) -> None:
     """With the accelerator's schedule (forced on the CPU), a call reads the host once when
     nothing pools, twice when two passes settle the blocks, at most 6 times in all (5 reads
@@ -758,7 +755,7 @@ def test_accelerator_schedule_bounds_the_host_reads(
           for s in (0.1, 10.0)],
     ]  # fmt: skip
     for x, s, reads in cases:
-        x = x.clone()
+        x = x.clone().to(device)
         x[-1, 0] = math.nan  # a non-finite row costs no read
         x.requires_grad_()
         with _stage("accelerator"), _HostReads() as forward:
@@ -767,7 +764,7 @@ def test_accelerator_schedule_bounds_the_host_reads(
         if reads is not None and not rank:
             assert forward.count == reads, (s, forward.count)
         with _HostReads() as backward:
-            (out[:-1] * torch.arange(x.shape[1])).sum().backward()
+            (out[:-1] * torch.arange(x.shape[1], device=device)).sum().backward()
         assert backward.count == 0, (s, "backward", backward.count)
         expected = _soft(rank)(x.detach()[:-1], regularization=reg, regularization_strength=s)
         torch.testing.assert_close(out[:-1], expected)

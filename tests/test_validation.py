@@ -14,7 +14,7 @@ from aot_losses import aot_paired_loss, aot_unpaired_loss, ot_1d
 from aot_losses.baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
 from aot_losses.nn import AOTPairedLoss, AOTUnpairedLoss, DPOLoss, KTOLoss, SLiCLoss
 
-from .tolerances import assert_close
+from .helpers import assert_close
 
 x4 = torch.randn(4)
 ok = [x4, x4 - 1, x4 + 0.5, x4 - 0.5]
@@ -302,16 +302,13 @@ def test_bad_input_raises_a_clear_error(call, error, message):
         call()
 
 
-def test_value_checks_can_be_turned_off_then_nan_propagates():
+def test_value_checks_can_be_turned_off_then_nan_propagates(value_checks):
     nan_input = replace(0, torch.tensor([0, math.nan, 0, 0]))
     aot_losses.set_value_checks("never")
-    try:
-        assert math.isnan(float(aot_paired_loss(*nan_input)))
-        # a negative weight is then not caught either: the caller asked for no value reads
-        aot_paired_loss(*ok, weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
-    finally:
-        aot_losses.set_value_checks("auto")
-    assert aot_losses.get_value_checks() == "auto"
+    assert aot_losses.get_value_checks() == "never"
+    assert math.isnan(float(aot_paired_loss(*nan_input)))
+    # a negative weight is then not caught either: the caller asked for no value reads
+    aot_paired_loss(*ok, weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
 
 
 def test_finite_values_whose_sum_overflows_are_not_rejected():
@@ -319,13 +316,10 @@ def test_finite_values_whose_sum_overflows_are_not_rejected():
     assert math.isfinite(float(ot_1d(huge, huge, "least_squares")))
 
 
-def test_metadata_checks_run_with_value_checks_off():
+def test_metadata_checks_run_with_value_checks_off(value_checks):
     aot_losses.set_value_checks("never")
-    try:
-        with pytest.raises(ValueError, match="must be 1-D"):
-            aot_paired_loss(*replace(0, torch.randn(4, 2)))
-    finally:
-        aot_losses.set_value_checks("auto")
+    with pytest.raises(ValueError, match="must be 1-D"):
+        aot_paired_loss(*replace(0, torch.randn(4, 2)))
 
 
 def test_value_checks_skip_accelerator_tensors_in_auto_mode():

@@ -44,7 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from .._validation import check_choice, check_positive
 from ..diagnostics import fsd_violation, quantile_curves
-from ..distributed import gather_concat
+from ..distributed import gather_concat_many
 from ..ot import ot_1d
 from ..penalties import PENALTIES, PenaltyName, get_penalty
 
@@ -536,8 +536,7 @@ class _AOTObjective:
         """FSD violation and quantile margins of ``u`` over ``v``, over all processes."""
         u, v = u.detach(), v.detach()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            u = gather_concat(u, dist.group.WORLD, name="u")
-            v = gather_concat(v, dist.group.WORLD, name="v")
+            (u, v), _ = gather_concat_many((u, v), dist.group.WORLD, names=("u", "v"))
         if u.numel() == 0 or v.numel() == 0:
             return
         metrics[f"{prefix}violation"].append(float(fsd_violation(u, v)))

@@ -1,7 +1,8 @@
-"""The one tolerance table of the test suite, keyed by dtype."""
+"""What the test files share: the one tolerance table, keyed by dtype, and random log-probs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,3 +26,18 @@ def assert_close(actual: Any, expected: Any, dtype: torch.dtype | None = None) -
     torch.testing.assert_close(
         actual_t.double(), expected_t.double().to(actual_t.device), **TOLERANCES[dtype]
     )
+
+
+def random_logps(
+    sizes: Sequence[int],
+    seed: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    leading: tuple[int, ...] = (),
+) -> list[torch.Tensor]:
+    """Sequence log-probs uniform in (-11, -1), one tensor of shape ``(*leading, n)`` per size
+    ``n``, drawn in float64 from ``seed`` and then cast to ``dtype`` on ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = (-10 * torch.rand(*leading, n, generator=gen, dtype=torch.float64) - 1 for n in sizes)
+    return [x.to(dtype).to(device) for x in draws]
