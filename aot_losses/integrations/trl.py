@@ -571,7 +571,46 @@ def _step_margins(
     return step
 
 
-class AOTTrainer(DPOTrainer):
+class _AOTLoss:
+    """What both trainers add to TRL's: the AOT terms on top of TRL's ``_compute_loss`` (whose
+    own AOT terms are weighted 0, see ``_trl_loss_and_margins``), and the first pass over an
+    optimizer step's micro-batches for ``aot_sort_across_accumulation``. Mixed in before the TRL
+    trainer, whose methods ``super()`` reaches."""
+
+    _aot: _AOTObjective
+    _metrics: dict[str, Any]
+    model: nn.Module | None
+
+    def _trl_loss_and_margins(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool
+    ) -> tuple[Any, list[_Margins]]:
+        raise NotImplementedError
+
+    def _compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        result, margins = self._trl_loss_and_margins(model, inputs, return_outputs)
+        training = self.model is not None and self.model.training  # TRL's test of the mode
+        return self._aot.add_to(
+            result,
+            margins,
+            return_outputs=return_outputs,
+            training=training,
+            metrics=self._metrics["train" if training else "eval"],
+        )
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
+    ) -> tuple[list[Any], Tensor | int | None]:
+        batches, num_items_in_batch = super().get_batch_samples(  # type: ignore[misc]
+            epoch_iterator, num_batches, device
+        )
+        accumulate = self._aot.options.aot_sort_across_accumulation and len(batches) > 1
+        self._aot.begin_step(
+            _step_margins(self, batches, self._trl_loss_and_margins) if accumulate else None
+        )
+        return batches, num_items_in_batch
+
+
+class AOTTrainer(_AOTLoss, DPOTrainer):
     """TRL's ``DPOTrainer`` whose ``"aot"`` / ``"aot_unpaired"`` losses come from
     :func:`aot_losses.ot_1d`, with the options of :class:`AOTConfig`.
 
@@ -668,9 +707,9 @@ class AOTTrainer(DPOTrainer):
             for loss_type, weight in zip(self.loss_types, weights, strict=True)
         ]
         try:
-            with recorder:
-                result = super()._compute_loss(  # type: ignore[no-untyped-call]  # unannotated
-                    model, inputs, return_outputs
+            with recorder:  # TRL's own, not _AOTLoss's
+                result = DPOTrainer._compute_loss(  # type: ignore[no-untyped-call]  # unannotated
+                    self, model, inputs, return_outputs
                 )
         finally:
             self.loss_weights = weights
@@ -689,29 +728,8 @@ class AOTTrainer(DPOTrainer):
         ]
         return result, margins
 
-    def _compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        result, margins = self._trl_loss_and_margins(model, inputs, return_outputs)
-        training = self.model is not None and self.model.training  # TRL's test of the mode
-        return self._aot.add_to(
-            result,
-            margins,
-            return_outputs=return_outputs,
-            training=training,
-            metrics=self._metrics["train" if training else "eval"],
-        )
 
-    def get_batch_samples(
-        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
-    ) -> tuple[list[Any], Tensor | int | None]:
-        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        accumulate = self._aot.options.aot_sort_across_accumulation and len(batches) > 1
-        self._aot.begin_step(
-            _step_margins(self, batches, self._trl_loss_and_margins) if accumulate else None
-        )
-        return batches, num_items_in_batch
-
-
-class AOTUnpairedTrainer(KTOTrainer):
+class AOTUnpairedTrainer(_AOTLoss, KTOTrainer):
     """TRL's ``KTOTrainer`` (unpaired data: ``prompt``, ``completion``, ``label``) with the AOT
     unpaired loss :func:`aot_losses.aot_unpaired_loss` in place of the KTO loss.
 
@@ -812,9 +830,9 @@ class AOTUnpairedTrainer(KTOTrainer):
                 _recording_log_probs(policy) as policy_calls,
                 _recording_log_probs(reference) as reference_calls,
             ):
-                result = super()._compute_loss(  # type: ignore[no-untyped-call]  # unannotated
-                    model, inputs, return_outputs
-                )
+                result = KTOTrainer._compute_loss(  # type: ignore[no-untyped-call]  # unannotated
+                    self, model, inputs, return_outputs
+                )  # TRL's own, not _AOTLoss's
         finally:
             self.desirable_weight, self.undesirable_weight = weights
         # the reference log-probs: precomputed, or a forward of the reference model, or (PEFT)
@@ -841,24 +859,3 @@ class AOTUnpairedTrainer(KTOTrainer):
         logratios = logps - reference_logps
         margins = [_Margins("aot_unpaired", logratios[desirable], logratios[~desirable])]
         return result, margins
-
-    def _compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        result, margins = self._trl_loss_and_margins(model, inputs, return_outputs)
-        training = self.model is not None and self.model.training  # TRL's test of the mode
-        return self._aot.add_to(
-            result,
-            margins,
-            return_outputs=return_outputs,
-            training=training,
-            metrics=self._metrics["train" if training else "eval"],
-        )
-
-    def get_batch_samples(
-        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
-    ) -> tuple[list[Any], Tensor | int | None]:
-        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        accumulate = self._aot.options.aot_sort_across_accumulation and len(batches) > 1
-        self._aot.begin_step(
-            _step_margins(self, batches, self._trl_loss_and_margins) if accumulate else None
-        )
-        return batches, num_items_in_batch
