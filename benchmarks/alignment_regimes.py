@@ -607,10 +607,11 @@ def plot_cell(runs: Sequence[dict[str, Any]], cell: str, path: Path) -> None:
         if target is not None:
             ax.axvline(target, color="gray", ls=":", lw=1)
         ax.set_title(f"{cell}: {title}", fontsize=10)
-        ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel("KL(policy || reference)")
         ax.set_ylabel("exact reward")
         ax.legend(fontsize=7)
+    left.set_xscale("symlog", linthresh=0.1)  # the grid's KLs span decades
+    left.set_xlabel("KL(policy || reference), linear below 0.1")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
