@@ -146,9 +146,15 @@ def record(arm: Arm, seed: int, summary: dict[str, Any], seconds: float) -> dict
     }
 
 
-def execute(arm: Arm, seed: int, work: Path, base: dict[str, Any]) -> dict[str, Any]:
-    """One run of the grid in a fresh output directory, timed; its record."""
+def launch(
+    arm: Arm, seed: int, work: Path, base: dict[str, Any], *, reuse: bool = False
+) -> tuple[dict[str, Any], float]:
+    """One run in a fresh output directory (``reuse``: a run already finished there is kept,
+    not redone); its ``summary.json`` and the seconds it took (``wall_s.txt``)."""
     out = run_dir(arm, seed, work)
+    finished = [out / "summary.json", out / "wall_s.txt"]
+    if reuse and all(f.exists() for f in finished):
+        return json.loads(finished[0].read_text()), float(finished[1].read_text())
     shutil.rmtree(out, ignore_errors=True)  # a run of an earlier grid is not resumed
     out.mkdir(parents=True)
     start = time.perf_counter()
@@ -160,8 +166,14 @@ def execute(arm: Arm, seed: int, work: Path, base: dict[str, Any]) -> dict[str, 
         raise RuntimeError(
             f"{arm.label}, seed {seed}: align.py failed; {log}:\n{log.read_text()[-3000:]}"
         )
-    summary = json.loads((out / "summary.json").read_text())
-    return record(arm, seed, summary, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    finished[1].write_text(f"{seconds}\n")
+    return json.loads(finished[0].read_text()), seconds
+
+
+def execute(arm: Arm, seed: int, work: Path, base: dict[str, Any]) -> dict[str, Any]:
+    """One run of the grid in a fresh output directory, timed; its record."""
+    return record(arm, seed, *launch(arm, seed, work, base))
 
 
 def run_grid(arms: list[Arm], seeds: list[int], work: Path, toy_config: toy.ToyConfig,

@@ -93,7 +93,7 @@ def train(accelerator: Accelerator, cfg: AlignConfig) -> TrainResult:
         eval_fraction=cfg.eval_fraction,
         seed=cfg.seed,
     )
-    paired = check_data_format(cfg.loss, train_records)
+    paired = check_data_format(cfg.loss, train_records, pair_within_batch=cfg.pair_within_batch)
     lengths = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
     train_examples = encode_examples(train_records, tokenizer, **lengths)
     eval_examples = encode_examples(eval_records, tokenizer, **lengths)
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         task = toy.ToyConfig.load(cfg.toy_config)
         with accelerator.main_process_first():
             artifacts = toy.prepare(task, cfg.toy_cache_dir or out / "toy")
-        kind = "paired" if cfg.loss in PAIRED_LOSSES else "unpaired"
+        kind = cfg.toy_data or ("paired" if cfg.loss in PAIRED_LOSSES else "unpaired")
         cfg = dataclasses.replace(
             cfg,
             model=str(artifacts.reference_dir),
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         quantile_figure(result.eval_logps, out / "quantiles.png")
     if artifacts is not None:
         summary |= {"toy": dataclasses.asdict(artifacts.config), "toy_data": artifacts.data_stats}
-        summary |= toy.evaluate_policy(artifacts, out / "adapter")
+        summary |= toy.evaluate_policy(artifacts, out / "adapter", cfg.toy_eval_prompts)
     write_atomically(out / SUMMARY, json.dumps(summary, indent=2))
     print(summary_table(summary))
 

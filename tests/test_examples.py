@@ -26,6 +26,7 @@ from aot_examples.losses import (  # noqa: E402
     PreferenceLogps,
     check_data_format,
     preference_loss,
+    within_batch_pairs,
 )
 from safetensors.torch import load_file  # noqa: E402
 
@@ -114,6 +115,14 @@ def test_embedded_run_writes_summary_metrics_and_figure(
     [
         {"loss": "aot_unpaired", "sort": "soft", "penalty": "squared_hinge"},
         {"loss": "dpo", "gradient_accumulation_steps": 2},
+        # thumbs-up/down data, pairs formed in each micro-batch, measured on the validation
+        # prompts
+        {
+            "loss": "ipo",
+            "toy_data": "thumbs",
+            "pair_within_batch": True,
+            "toy_eval_prompts": "validation",
+        },
     ],
     ids=lambda o: str(o["loss"]),
 )
@@ -124,7 +133,12 @@ def test_unpaired_and_paired_losses_train(
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["eval_policy"]["loss"] is not None
     assert summary["config"]["beta"] == EMBEDDED_BETA[overrides["loss"]]
-    assert summary["paired"] == (overrides["loss"] == "dpo")
+    assert summary["paired"] == (overrides["loss"] == "dpo")  # the data's format
+    prompts = overrides.get("toy_eval_prompts", "test")
+    count = {"validation": MICRO_TOY.eval_prompts, "test": MICRO_TOY.test_prompts}[prompts]
+    assert (summary["prompts"], summary["prompt_count"]) == (prompts, count)
+    kind = overrides.get("toy_data", "paired" if overrides["loss"] == "dpo" else "unpaired")
+    assert summary["train_examples"] == len(read_jsonl(micro_task.dataset(kind, "train")))
     # paired or not, every loss is measured on the same held-out pairs
     assert summary["held_out_pairs"]["rewards/accuracy"] is not None
     assert summary["held_out_pairs"]["fsd/violation"] is not None
@@ -136,7 +150,8 @@ def test_each_loss_is_the_library_function(loss: str) -> None:
     paths; the losses themselves are tested in the library's tests)."""
     generator = torch.Generator().manual_seed(0)
     tensors = [torch.randn(6, generator=generator, dtype=torch.float64) for _ in range(4)]
-    cfg = AlignConfig("x", loss=loss, beta=0.5, penalty="logistic", label_smoothing=0.1)
+    weights = {"desirable_weight": 3.0, "undesirable_weight": 0.5} if loss == "kto" else {}
+    cfg = AlignConfig("x", loss=loss, beta=0.5, penalty="logistic", label_smoothing=0.1, **weights)
     expected = {
         "aot_paired": lambda: aot_losses.aot_paired_loss(
             *tensors, beta=0.5, penalty="logistic", label_smoothing=0.1
@@ -146,17 +161,64 @@ def test_each_loss_is_the_library_function(loss: str) -> None:
         ),
         "dpo": lambda: baselines.dpo_loss(*tensors, beta=0.5, label_smoothing=0.1),
         "ipo": lambda: baselines.ipo_loss(*tensors, beta=0.5),
-        "kto": lambda: baselines.kto_loss(*tensors, beta=0.5),
+        "kto": lambda: baselines.kto_loss(*tensors, beta=0.5, **weights),
     }[loss]()
     logps = PreferenceLogps(*tensors, paired=loss in PAIRED_LOSSES)
     torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
 
 
 def test_paired_losses_refuse_unpaired_data(micro_task: toy.Artifacts) -> None:
-    unpaired = read_jsonl(micro_task.dataset("unpaired", "train"))
-    with pytest.raises(ValueError, match=r"--loss dpo needs paired data.*unpaired_train\.jsonl:1"):
+    unpaired = read_jsonl(micro_task.dataset("thumbs", "train"))
+    with pytest.raises(ValueError, match=r"--loss dpo needs paired data.*thumbs_train\.jsonl:1"):
         check_data_format("dpo", unpaired)
     assert check_data_format("kto", unpaired) is False
+    # unless asked to pair within batches, which in turn needs unpaired data
+    assert check_data_format("dpo", unpaired, pair_within_batch=True) is False
+    paired = read_jsonl(micro_task.dataset("noisy", "train"))
+    with pytest.raises(ValueError, match=r"--pair-within-batch pairs unpaired data.*noisy_train"):
+        check_data_format("dpo", paired, pair_within_batch=True)
+
+
+def test_within_batch_pairs_take_the_desirable_completions_in_turn() -> None:
+    """Undesirable j meets desirable j mod n; a desirable completion used k times gets k times
+    the gradient; a paired loss then sees m pairs of (usually) different prompts."""
+    chosen = torch.tensor([10.0, 11.0], requires_grad=True)
+    rejected = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    logps = PreferenceLogps(chosen, rejected, chosen.detach() - 1, rejected - 1, paired=False)
+    pairs = within_batch_pairs(logps)
+    assert pairs.paired
+    assert pairs.policy_chosen.tolist() == [10.0, 11.0, 10.0, 11.0, 10.0]
+    assert pairs.reference_chosen.tolist() == [9.0, 10.0, 9.0, 10.0, 9.0]
+    assert pairs.policy_rejected.tolist() == rejected.tolist()
+    assert pairs.reference_rejected.tolist() == (rejected - 1).tolist()
+    pairs.policy_chosen.sum().backward()
+    assert chosen.grad is not None and chosen.grad.tolist() == [3.0, 2.0]
+    # more desirable than undesirable completions: one pair per undesirable one
+    few = within_batch_pairs(PreferenceLogps(rejected, chosen, rejected, chosen, paired=False))
+    assert few.policy_chosen.tolist() == [0.0, 1.0]
+    cfg = AlignConfig("x", loss="dpo", beta=0.5, pair_within_batch=True)
+    expected = baselines.dpo_loss(
+        pairs.policy_chosen, rejected, pairs.reference_chosen, rejected - 1, beta=0.5
+    )
+    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs an unpaired batch"):
+        within_batch_pairs(pairs)
+    none, three = torch.zeros(0), torch.zeros(3)
+    with pytest.raises(ValueError, match="0 desirable, 3 undesirable"):
+        within_batch_pairs(PreferenceLogps(none, three, none, three, paired=False))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"loss": "kto", "pair_within_batch": True}, "--pair-within-batch applies to the paired"),
+        ({"loss": "dpo", "desirable_weight": 3.0}, "--desirable-weight applies to --loss kto"),
+        ({"loss": "kto", "undesirable_weight": 0.0}, "--undesirable-weight must be positive"),
+    ],
+)
+def test_new_options_name_the_flag(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AlignConfig("x", **options)
 
 
 @pytest.mark.multiprocess

@@ -17,9 +17,10 @@ from typing import Any, get_args
 from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
-from .losses import DEFAULT_BETA, LOSSES
+from .losses import DEFAULT_BETA, LOSSES, PAIRED_LOSSES
 from .tokenization import check_lengths
-from .toy import ToyConfig
+from .toy import DATA_KINDS, ToyConfig
+from .toy.evaluation import PROMPT_SPLITS, PromptSplit
 
 #: Each loss's beta on the embedded task: the best of the per-method sweep (0.03 to 10) of
 #: ``benchmarks/alignment.py`` (docs/alignment.md). AOT's is its least-squares margin, DPO's and
@@ -72,6 +73,13 @@ class AlignConfig:
     )
     regularization_strength: float = _opt(0.1, "soft-sort regularization strength")
     label_smoothing: float = _opt(0.0, "label smoothing (AOT logistic, DPO)")
+    desirable_weight: float = _opt(1.0, "KTO: weight lambda_D of desirable samples")
+    undesirable_weight: float = _opt(1.0, "KTO: weight lambda_U of undesirable samples")
+    pair_within_batch: bool = _opt(
+        False,
+        "paired losses on unpaired data: pair each undesirable completion of a micro-batch with "
+        "a desirable one of it, the desirable ones taken in turn",
+    )
     global_sort: bool = _opt(True, "AOT: sort the global batch over all processes")
     max_length: int = _opt(1024, "max tokens of prompt + completion (at most the model's context)")
     max_prompt_length: int = _opt(512, "max prompt tokens (prompts keep their end), >= 1")
@@ -102,6 +110,20 @@ class AlignConfig:
     seed: int = _opt(0, "seed of the data order and global RNGs")
     toy_config: str | None = _opt(None, "embedded task: JSON file of ToyConfig fields")
     toy_cache_dir: str | None = _opt(None, "embedded task cache (default: OUTPUT_DIR/toy)")
+    toy_data: str | None = _opt(
+        None,
+        "embedded task: the preference records to train on (default: paired for paired "
+        "losses, unpaired otherwise; noisy and thumbs: docs/preregistration.md)",
+        choices=DATA_KINDS,
+    )
+    toy_eval_prompts: PromptSplit = field(
+        default="test",
+        metadata={
+            "help": "embedded task: prompts of the reward evaluation (validation: its eval "
+            "prompts)",
+            "choices": PROMPT_SPLITS,
+        },
+    )
 
     def __post_init__(self) -> None:
         if (self.model is None) != (self.dataset is None):
@@ -117,6 +139,17 @@ class AlignConfig:
             raise ValueError(f"--eval-fraction must lie in [0, 1), got {self.eval_fraction}")
         if self.beta is not None and not self.beta > 0:
             raise ValueError(f"--beta must be positive, got {self.beta}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            if value != 1 and self.loss != "kto":
+                raise ValueError(f"--{name.replace('_', '-')} applies to --loss kto only")
+        if self.pair_within_batch and self.loss not in PAIRED_LOSSES:
+            raise ValueError(
+                f"--pair-within-batch applies to the paired losses {PAIRED_LOSSES}, not "
+                f"--loss {self.loss} (which takes unpaired data as it is)"
+            )
 
     @property
     def loss_beta(self) -> float:

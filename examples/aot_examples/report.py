@@ -148,6 +148,16 @@ def summary_table(summary: dict[str, Any]) -> str:
         def mean_se(name: str) -> str:
             return f"{summary[name + '_mean']:.4f} ± {summary[name + '_se']:.4f}"
 
+        distribution: list[list[object]] = []
+        if "policy_reward_q10" in summary:  # toy.reward_metrics (not in older summaries)
+            distribution = [
+                ["reward 10% quantile", summary["reference_reward_q10"],
+                 summary["policy_reward_q10"]],
+                ["zero-reward share", summary["reference_zero_reward_share"],
+                 summary["policy_zero_reward_share"]],
+                ["reward FSD violation per prompt", None, summary["fsd_violation_per_prompt"]],
+                ["reward FSD violation pooled", None, summary["fsd_violation_pooled"]],
+            ]  # fmt: skip
         rows = [
             ["reward (held-out prompts)", mean_se("reference_reward"), mean_se("policy_reward")],
             ["exact match", mean_se("reference_exact_match"), mean_se("policy_exact_match")],
@@ -158,6 +168,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             ],
             ["win rate vs reference", None, mean_se("win_rate")],
             ["KL(policy || reference)", 0.0, mean_se("kl_policy_reference")],
+            *distribution,
             *rows,
         ]
         if not summary["paired"]:  # unpaired losses are measured on the held-out pairs too

@@ -10,20 +10,27 @@ Stages, each reusable on its own (:func:`prepare` chains and caches the first tw
    completions.
 2. :func:`~.preferences.build_preference_data` (``preferences.py``): scored samples of that
    reference on training prompts, turned into paired and unpaired JSONL by one function per
-   construction.
+   construction (best vs worst, every sample labelled, and the noisy and thumbs-up/down data
+   of the pre-registered study, ``regimes.py``).
 3. ``examples/align.py`` aligns LoRA adapters on that data (the generic loop).
 4. :func:`evaluate_policy` (``evaluation.py``): reference against the aligned policy on held-out
-   prompts (mean reward, win rate, KL estimate) and the implicit rewards of the held-out pairs.
+   prompts (mean reward, win rate, KL estimate, the lower tail and first-order stochastic
+   dominance of the exact reward) and the implicit rewards of the held-out pairs.
 
 Prompts of the training, evaluation (held-out pairs) and test (held-out reward) splits are
 disjoint, and the SFT demonstrations avoid the held-out ones.
 """
 
 from .artifacts import Artifacts, prepare
-from .evaluation import evaluate_policy, held_out_pairs
+from .evaluation import evaluate_policy, held_out_pairs, reward_metrics
+from .preferences import DATA_KINDS
+from .regimes import CELL_DATA, STUDY_TOY
 from .task import ToyConfig, build_model, build_tokenizer, reward, target
 
 __all__ = [
+    "CELL_DATA",
+    "DATA_KINDS",
+    "STUDY_TOY",
     "Artifacts",
     "ToyConfig",
     "build_model",
@@ -32,5 +39,6 @@ __all__ = [
     "held_out_pairs",
     "prepare",
     "reward",
+    "reward_metrics",
     "target",
 ]

@@ -7,9 +7,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .preferences import build_preference_data
+from .preferences import DATA_KINDS, build_preference_data
 from .reference import pretrain_reference
 from .task import ToyConfig, make_splits
+
+#: The prompt splits that get preference data.
+SPLITS = ("train", "eval")
 
 
 @dataclass(frozen=True)
@@ -31,22 +34,27 @@ class Artifacts:
         return self.cache_dir / "toy_config.json"
 
     def dataset(self, kind: str, split: str) -> Path:
-        """``kind`` ``"paired"`` or ``"unpaired"``, ``split`` ``"train"`` or ``"eval"``."""
+        """``kind`` one of :data:`~.preferences.DATA_KINDS` (``"paired"``: best vs worst,
+        ``"unpaired"``: every sample labelled by exactness, ``"noisy"``, ``"thumbs"``), ``split``
+        ``"train"`` or ``"eval"``."""
         return self.data_dir / f"{kind}_{split}.jsonl"
 
 
 def prepare(cfg: ToyConfig, cache_dir: str | Path) -> Artifacts:
     """Build (or reuse from ``cache_dir``) the reference model and the preference data.
 
-    The cache is valid when ``cache_dir/toy_config.json`` equals ``cfg``; otherwise it is
-    rebuilt in place.
+    The cache is valid when ``cache_dir/toy_config.json`` equals ``cfg`` and every kind of
+    data is there (a cache written before a construction was added lacks its files); otherwise
+    it is rebuilt in place.
     """
     cache = Path(cache_dir)
     stamp = cache / "toy_config.json"
     reference_dir, data_dir = cache / "reference", cache / "data"
     stats_file = data_dir / "stats.json"
     wanted = dataclasses.asdict(cfg)
-    if not (stamp.exists() and json.loads(stamp.read_text()) == wanted and stats_file.exists()):
+    files = [data_dir / f"{kind}_{split}.jsonl" for kind in DATA_KINDS for split in SPLITS]
+    valid = stamp.exists() and json.loads(stamp.read_text()) == wanted and stats_file.exists()
+    if not (valid and all(f.exists() for f in files)):
         stamp.unlink(missing_ok=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         splits = make_splits(cfg)

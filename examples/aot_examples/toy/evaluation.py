@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import torch
 from peft import PeftModel
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from aot_losses import diagnostics
 
 from ..batching import Batch, collate
 from ..data import read_jsonl
@@ -21,6 +23,53 @@ from ..tokenization import encode_examples
 from .artifacts import Artifacts
 from .reference import sample
 from .task import ToyConfig, decode, make_splits, reward, token_ids
+
+#: The held-out prompt sets a policy is measured on: ``validation`` is the task's ``eval``
+#: prompts (those of the held-out pairs), ``test`` its ``test`` prompts.
+PromptSplit: TypeAlias = Literal["validation", "test"]
+PROMPT_SPLITS: tuple[PromptSplit, ...] = ("validation", "test")
+
+#: The quantile level of the lower tail of the reward (:func:`reward_metrics`).
+LOWER_QUANTILE = 0.1
+#: The levels t of the FSD violation of the exact reward: 0.01, 0.02, ..., 0.99.
+FSD_LEVELS = 99
+
+
+def reward_metrics(policy: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """The distribution of exact rewards of policy samples against reference samples.
+
+    Args:
+        policy, reference: rewards of shape ``(prompts, samples)``: row ``i`` holds the
+            samples of prompt ``i``.
+
+    Returns:
+        ``{name}_reward_q10`` (the 10 % lower quantile of the pooled per-sample rewards,
+        ``Q(t) = inf{y : F(y) >= t}``) and ``{name}_zero_reward_share`` (the share of
+        completions with reward 0), for ``name`` ``policy`` and ``reference``; and the FSD
+        violation of the policy's rewards against the reference's, the share of levels
+        t in {0.01, ..., 0.99} where ``Q_policy(t) < Q_reference(t)`` (0: the policy dominates),
+        per prompt and averaged over prompts (``fsd_violation_per_prompt``), and over all
+        prompts' samples pooled (``fsd_violation_pooled``).
+    """
+    if policy.shape != reference.shape or policy.dim() != 2:
+        raise ValueError(
+            f"policy and reference rewards must have one shape (prompts, samples); got "
+            f"{tuple(policy.shape)} and {tuple(reference.shape)}"
+        )
+    policy, reference = policy.double(), reference.double()
+    out: dict[str, float] = {}
+    for name, rewards in (("policy", policy), ("reference", reference)):
+        pooled = rewards.flatten()
+        out[f"{name}_reward_q10"] = diagnostics.quantiles(pooled, [LOWER_QUANTILE]).item()
+        out[f"{name}_zero_reward_share"] = (pooled == 0).double().mean().item()
+    per_prompt = [
+        diagnostics.fsd_violation(p, r, FSD_LEVELS) for p, r in zip(policy, reference, strict=True)
+    ]
+    out["fsd_violation_per_prompt"] = torch.stack(per_prompt).mean().item()
+    out["fsd_violation_pooled"] = diagnostics.fsd_violation(
+        policy.flatten(), reference.flatten(), FSD_LEVELS
+    ).item()
+    return out
 
 
 def _mean_se(per_prompt: torch.Tensor) -> tuple[float, float]:
@@ -47,8 +96,11 @@ def held_out_pairs(
 
 
 @torch.no_grad()
-def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
-    """Reference vs aligned policy on the held-out test prompts, and the aligned policy's
+def evaluate_policy(
+    artifacts: Artifacts, adapter_dir: Path, prompts: PromptSplit = "test"
+) -> dict[str, Any]:
+    """Reference vs aligned policy on held-out prompts (``prompts``: the ``test`` prompts, or
+    the ``validation`` prompts, i.e. the task's ``eval`` prompts), and the aligned policy's
     implicit rewards on the held-out preference pairs.
 
     Both sample ``test_samples_per_prompt`` completions per prompt with the same settings and
@@ -61,21 +113,26 @@ def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
         difference ``reward_diff_mean``/``_se``, exact-match rates, ``win_rate``/``_se``
         (policy sample j beats reference sample j on the same prompt; ties count 1/2),
         ``kl_policy_reference``/``_se`` (mean of log pi(y|x) - log pi_ref(y|x) over policy
-        samples: an unbiased estimate of the sequence-level KL), greedy-decoding rewards, and
-        ``held_out_pairs``: :func:`~aot_examples.report.preference_metrics` of the held-out
-        pairs (``artifacts.dataset("paired", "eval")``).
+        samples: an unbiased estimate of the sequence-level KL), greedy-decoding rewards, the
+        reward distribution's :func:`reward_metrics`, ``prompts`` (the split),
+        ``prompt_count``, ``samples_per_prompt``, and ``held_out_pairs``:
+        :func:`~aot_examples.report.preference_metrics` of the held-out pairs
+        (``artifacts.dataset("paired", "eval")``).
     """
     cfg, reference_dir = artifacts.config, artifacts.reference_dir
     tokenizer = load_tokenizer(str(reference_dir))
     base = GPT2LMHeadModel.from_pretrained(reference_dir)
     policy = PeftModel.from_pretrained(base, adapter_dir).eval()
-    prompts = make_splits(cfg).test
+    if prompts not in PROMPT_SPLITS:
+        raise ValueError(f"prompts must be one of {PROMPT_SPLITS}, got {prompts!r}")
+    splits = make_splits(cfg)
+    texts = splits.test if prompts == "test" else splits.eval
     k = cfg.test_samples_per_prompt
 
     def rewards(ids: list[list[int]], per_prompt: int) -> torch.Tensor:
-        rows = [p for p in prompts for _ in range(per_prompt)]
+        rows = [p for p in texts for _ in range(per_prompt)]
         values = [reward(p, decode(tokenizer, i)) for p, i in zip(rows, ids, strict=True)]
-        return torch.tensor(values).view(len(prompts), per_prompt)
+        return torch.tensor(values).view(len(texts), per_prompt)
 
     def generate_ids(greedy: bool, *, reference: bool) -> list[list[int]]:
         context = policy.disable_adapter() if reference else contextlib.nullcontext()
@@ -83,7 +140,7 @@ def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
             return sample(
                 policy,
                 tokenizer,
-                prompts,
+                texts,
                 num_samples=1 if greedy else k,
                 seed=cfg.seed * 1000 + 3,
                 greedy=greedy,
@@ -94,7 +151,7 @@ def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
     ref_ids, pol_ids = generate_ids(False, reference=True), generate_ids(False, reference=False)
     ref_r, pol_r = rewards(ref_ids, k), rewards(pol_ids, k)
     wins = (pol_r > ref_r).double() + 0.5 * (pol_r == ref_r).double()
-    rows = [p for p in prompts for _ in range(k)]
+    rows = [p for p in texts for _ in range(k)]
     batch = Batch.from_ids(
         [(token_ids(tokenizer, p), ids) for p, ids in zip(rows, pol_ids, strict=True)],
         [True] * len(rows),
@@ -102,9 +159,10 @@ def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
     )
     with policy.disable_adapter():
         ref_logps = sequence_logps(policy, batch)
-    log_ratio = (sequence_logps(policy, batch) - ref_logps).view(len(prompts), k)
+    log_ratio = (sequence_logps(policy, batch) - ref_logps).view(len(texts), k)
 
-    summary: dict[str, Any] = {"test_prompts": len(prompts), "test_samples_per_prompt": k}
+    summary: dict[str, Any] = {"prompts": prompts, "prompt_count": len(texts)}
+    summary["samples_per_prompt"] = k
     for name, values in (
         ("reference_reward", ref_r),
         ("policy_reward", pol_r),
@@ -115,6 +173,7 @@ def evaluate_policy(artifacts: Artifacts, adapter_dir: Path) -> dict[str, Any]:
         ("kl_policy_reference", log_ratio),
     ):
         summary[f"{name}_mean"], summary[f"{name}_se"] = _mean_se(values)
+    summary |= reward_metrics(pol_r, ref_r)
     for name, reference in (("reference", True), ("policy", False)):
         summary[f"{name}_greedy_reward_mean"] = (
             rewards(generate_ids(True, reference=reference), 1).mean().item()

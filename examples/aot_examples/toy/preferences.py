@@ -5,13 +5,27 @@ exact reward; each construction below turns the scored samples into one kind of 
 another construction (other pairings, noisy labels, other prompts) is one more function:
 
 * :func:`best_vs_worst_pairs`: paired records, the best sample of a prompt against its worst;
-* :func:`labelled_samples`: unpaired records, every sample, desirable iff exactly right.
+* :func:`labelled_samples`: unpaired records, every sample, desirable iff exactly right;
+* :func:`noisy_pairs`: paired records, a random pair of a prompt's samples labelled by a
+  Bradley-Terry draw on a noisy reward, then flipped at a fixed rate (chosen and rejected
+  overlap);
+* :func:`thumbs_up_down`: unpaired records from disjoint prompts (one sample per prompt),
+  desirable iff the noisy reward clears its upper quartile (1 desirable to 3 undesirable).
+
+The last two are the ``noisy`` and ``unpaired`` cells of the pre-registered study
+(docs/preregistration.md); their noise comes from one fixed data seed, so every run sees the same
+records. Every record keeps the exact rewards of its completions (fields that the loaders
+ignore): for analysis, never for training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -95,26 +109,145 @@ def labelled_samples(scored: Sequence[Sequence[ScoredSample]]) -> list[dict[str,
     ]
 
 
+#: The seed of every noise draw of :func:`noisy_pairs` and :func:`thumbs_up_down`.
+DATA_SEED = 0
+#: Standard deviation of the Gaussian noise added to the exact reward before labelling.
+REWARD_NOISE = 0.1
+
+
+def noisy_pairs(
+    scored: Sequence[Sequence[ScoredSample]],
+    *,
+    seed: int = DATA_SEED,
+    noise: float = REWARD_NOISE,
+    temperature: float = 0.1,
+    flip_rate: float = 0.2,
+) -> list[dict[str, Any]]:
+    """Per prompt, 2 of its samples with different texts, labelled by a noisy annotator.
+
+    The pair is drawn uniformly among the pairs of samples whose texts differ (as drawing 2
+    samples until their texts differ); prompts whose samples are all one text give no pair.
+    Each sample gets a noisy reward ``r + N(0, noise^2)``; the first is preferred with
+    probability ``sigmoid((r~1 - r~2) / temperature)`` (a Bradley-Terry draw), and the label is
+    then flipped with probability ``flip_rate``. Pairs of equal exact reward are labelled at
+    random. Each prompt draws the same number of random numbers, in prompt order, from
+    ``random.Random(seed)``.
+
+    Returns:
+        Paired records with the exact rewards (``chosen_reward``, ``rejected_reward``), the
+        noisy ones (``chosen_noisy_reward``, ``rejected_noisy_reward``) and ``flipped``.
+    """
+    rng = random.Random(seed)
+    pairs = []
+    for samples in scored:
+        candidates = [(a, b) for a, b in combinations(samples, 2) if a.completion != b.completion]
+        if not candidates:
+            continue
+        pair = rng.choice(candidates)
+        noisy = [s.reward + rng.gauss(0.0, noise) for s in pair]
+        # sigmoid(x) = (1 + tanh(x / 2)) / 2, without overflow at any temperature
+        first_preferred = (
+            rng.random() < (1 + math.tanh((noisy[0] - noisy[1]) / temperature / 2)) / 2
+        )
+        flipped = rng.random() < flip_rate
+        c, r = (0, 1) if first_preferred != flipped else (1, 0)
+        pairs.append(
+            {
+                "prompt": pair[c].prompt,
+                "chosen": pair[c].completion,
+                "rejected": pair[r].completion,
+                "chosen_reward": pair[c].reward,
+                "rejected_reward": pair[r].reward,
+                "chosen_noisy_reward": noisy[c],
+                "rejected_noisy_reward": noisy[r],
+                "flipped": flipped,
+            }
+        )
+    return pairs
+
+
+def thumbs_up_down(
+    scored: Sequence[Sequence[ScoredSample]],
+    *,
+    seed: int = DATA_SEED,
+    noise: float = REWARD_NOISE,
+) -> list[dict[str, Any]]:
+    """Thumbs-up/down data from disjoint prompts: per prompt its first sample only, desirable
+    iff its noisy reward ``r + N(0, noise^2)`` exceeds theta, the 75th percentile of those
+    noisy rewards over all the prompts (linear interpolation between order statistics, as
+    NumPy's default): about 1 desirable to 3 undesirable. The noise is drawn from
+    ``random.Random(seed)`` in prompt order.
+
+    Returns:
+        Unpaired records with the exact ``reward``, the ``noisy_reward`` and ``threshold``.
+    """
+    rng = random.Random(seed)
+    firsts = [samples[0] for samples in scored if samples]
+    noisy = [s.reward + rng.gauss(0.0, noise) for s in firsts]
+    if len(noisy) < 2:
+        raise ValueError(f"thumbs_up_down needs at least 2 prompts with a sample, got {len(noisy)}")
+    theta = statistics.quantiles(noisy, n=4, method="inclusive")[2]
+    return [
+        {
+            "prompt": s.prompt,
+            "completion": s.completion,
+            "label": value > theta,
+            "reward": s.reward,
+            "noisy_reward": value,
+            "threshold": theta,
+        }
+        for s, value in zip(firsts, noisy, strict=True)
+    ]
+
+
+Records = list[dict[str, Any]]
+#: Every kind of preference record the task writes (``{kind}_{split}.jsonl``) and its
+#: construction: ``paired`` and ``unpaired`` are the defaults of paired and unpaired losses.
+CONSTRUCTIONS: dict[str, Callable[[Sequence[Sequence[ScoredSample]]], Records]] = {
+    "paired": best_vs_worst_pairs,
+    "unpaired": labelled_samples,
+    "noisy": noisy_pairs,
+    "thumbs": thumbs_up_down,
+}
+DATA_KINDS = tuple(CONSTRUCTIONS)
+
+
+def data_stats(split: str, prompts: int, records: dict[str, Records], empty: int) -> dict[str, int]:
+    """Counts of what each construction wrote (and left out) for one split."""
+    paired, unpaired = records["paired"], records["unpaired"]
+    noisy, thumbs = records["noisy"], records["thumbs"]
+    return {
+        f"{split}_pairs": len(paired),
+        f"{split}_prompts_without_pair": prompts - len(paired),
+        f"{split}_unpaired": len(unpaired),
+        f"{split}_unpaired_desirable": sum(bool(r["label"]) for r in unpaired),
+        f"{split}_empty_samples_left_out": empty,
+        f"{split}_noisy_pairs": len(noisy),
+        f"{split}_noisy_pairs_truly_better": sum(
+            r["chosen_reward"] > r["rejected_reward"] for r in noisy
+        ),
+        f"{split}_noisy_pairs_truly_tied": sum(
+            r["chosen_reward"] == r["rejected_reward"] for r in noisy
+        ),
+        f"{split}_noisy_labels_flipped": sum(bool(r["flipped"]) for r in noisy),
+        f"{split}_thumbs": len(thumbs),
+        f"{split}_thumbs_desirable": sum(bool(r["label"]) for r in thumbs),
+    }
+
+
 def build_preference_data(
     cfg: ToyConfig, splits: Splits, reference_dir: Path, data_dir: Path
 ) -> dict[str, int]:
     """Score the reference's samples on the train and eval prompts and write
-    ``paired_{split}.jsonl`` (:func:`best_vs_worst_pairs`) and ``unpaired_{split}.jsonl``
-    (:func:`labelled_samples`) into ``data_dir``. Returns the counts of what was written and
-    left out."""
+    ``{kind}_{split}.jsonl`` into ``data_dir`` for every construction of
+    :data:`CONSTRUCTIONS`. Returns the counts of what was written and left out."""
     tokenizer = load_tokenizer(str(reference_dir))
     model = GPT2LMHeadModel.from_pretrained(reference_dir).eval()
     stats: dict[str, int] = {}
     for split, prompts, seed in (("train", splits.train, 1), ("eval", splits.eval, 2)):
         scored, empty = score_samples(cfg, model, tokenizer, prompts, cfg.seed * 1000 + seed)
-        paired, unpaired = best_vs_worst_pairs(scored), labelled_samples(scored)
-        write_jsonl(data_dir / f"paired_{split}.jsonl", paired)
-        write_jsonl(data_dir / f"unpaired_{split}.jsonl", unpaired)
-        stats |= {
-            f"{split}_pairs": len(paired),
-            f"{split}_prompts_without_pair": len(prompts) - len(paired),
-            f"{split}_unpaired": len(unpaired),
-            f"{split}_unpaired_desirable": sum(bool(r["label"]) for r in unpaired),
-            f"{split}_empty_samples_left_out": empty,
-        }
+        records = {kind: construct(scored) for kind, construct in CONSTRUCTIONS.items()}
+        for kind, kind_records in records.items():
+            write_jsonl(data_dir / f"{kind}_{split}.jsonl", kind_records)
+        stats |= data_stats(split, len(prompts), records, empty)
     return stats
