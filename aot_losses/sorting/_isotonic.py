@@ -84,11 +84,12 @@ def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor |
     """
     data = problem.block_data(a.to(torch.float64))
     violating = violating_pairs(problem, singleton_blocks(data))
-    starts = torch.cat([violating.new_ones(violating.shape[0], 1), ~violating], 1)
-    if not reads_are_cheap(a.device):
-        return _solve_rows(problem, a, data, starts, ACCELERATOR_SCHEDULE)
-    if not bool(violating.any()):  # no pooling at all: the hard sort, or the ranks 1 .. n
+    cheap_reads = reads_are_cheap(a.device)
+    if cheap_reads and not bool(violating.any()):  # no pooling: the hard sort, or ranks 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
+    starts = torch.cat([violating.new_ones(violating.shape[0], 1), ~violating], 1)
+    if not cheap_reads:
+        return _solve_rows(problem, a, data, starts, ACCELERATOR_SCHEDULE)
     pooling = violating.any(1).nonzero()[:, 0]
     if len(pooling) == len(a):
         return _solve_rows(problem, a, data, starts, CHEAP_READ_SCHEDULE)

@@ -83,14 +83,13 @@ def pool_violators(
     runs without a read, and the result is returned as not known to be final).
     """
     blocks = blocks_from_starts(problem, data, starts)
+    violating = violating_pairs(problem, blocks)
     for k, passes in enumerate(schedule):
         for _ in range(passes):
-            violating = violating_pairs(problem, blocks)
             pooled = torch.cat([violating.new_zeros(violating.shape[0], 1), violating], 1)
             starts = starts & ~pooled.view(-1)[cast(Tensor, blocks.slot)]
             blocks = blocks_from_starts(problem, data, starts)
-        if (read_last or k < len(schedule) - 1) and not bool(
-            violating_pairs(problem, blocks).any()
-        ):
+            violating = violating_pairs(problem, blocks)
+        if (read_last or k < len(schedule) - 1) and not bool(violating.any()):
             return starts, blocks, True
     return starts, blocks, False
