@@ -651,11 +651,10 @@ def plot_ablation(runs: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-ANALYSIS_PLACEHOLDER = (
-    "**[Analysis: placeholder, to be written after the full run.]** What these results mean "
-    "for each hypothesis is written by hand once the study has run; this paragraph only marks "
-    "its place. `--report` rewrites this generated block, so the analysis goes outside its "
-    "markers (after its `:end` comment)."
+ANALYSIS_NOTE = (
+    "What these results mean for each hypothesis is written by hand after the run, below this "
+    "generated block ([What the regimes study says](#what-the-regimes-study-says)); `--report` "
+    "rewrites the block and leaves the analysis as it is."
 )
 
 
@@ -831,7 +830,7 @@ def report(payload: dict[str, Any], name: str, docs: Path = DOCS) -> None:
         parts.append(ablation_section(payload, name, docs))
     parts.append(verdict_section(runs))
     if not payload["quick"]:
-        parts.append("### Analysis\n\n" + ANALYSIS_PLACEHOLDER)
+        parts.append("### Analysis\n\n" + ANALYSIS_NOTE)
     write_section(name, "\n\n".join(parts), docs / "alignment.md", "Alignment: AOT vs baselines")
 
 

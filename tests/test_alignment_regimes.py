@@ -387,7 +387,7 @@ def test_report_of_a_whole_study(tmp_path: Path) -> None:
     assert "| aot_paired - dpo_ls | 5 |" in text and "| aot_unpaired - kto | 5 |" in text
     assert "| 16 x 16 | logistic, beta 4 | 5 |" in text
     assert "| H4 | ablation: reward(256) - reward(16) | > 0 | 5 | +0.2400 |" in text
-    assert "**H1**: " in text and "**H5**: " in text and study.ANALYSIS_PLACEHOLDER in text
+    assert "**H1**: " in text and "**H5**: " in text and study.ANALYSIS_NOTE in text
     assert "<details><summary>Tuning" in text and "| dpo | beta 0.1 | 2 | 0.6" in text
     before = text
     study.report(payload, "regimes_test", docs=tmp_path)  # rewritten in place, not appended
@@ -398,7 +398,7 @@ def test_report_of_a_whole_study(tmp_path: Path) -> None:
     text = page.read_text().split("<!-- regimes_test_quick:begin -->")[1]
     assert "quick run (pipeline check, not the study)" in text and "30 optimizer steps" in text
     assert f"about {study.full_study_hours(quick):.1f} hours at 2 runs" in text
-    assert study.ANALYSIS_PLACEHOLDER not in text
+    assert study.ANALYSIS_NOTE not in text
 
 
 def test_the_quick_run_estimates_the_study() -> None:
@@ -494,7 +494,7 @@ def test_micro_study_runs_every_phase_and_reports(tmp_path: Path) -> None:
     assert "<!-- alignment_regimes_micro:begin -->" in text
     assert "| kto | beta 2 | 1 |" in text and "| dpo_ls | beta 0.5 | 1 |" in text
     assert "| 4 x 2 | logistic, beta 4 | 1 |" in text
-    assert "Matched KL" in text and study.ANALYSIS_PLACEHOLDER in text
+    assert "Matched KL" in text and study.ANALYSIS_NOTE in text
     assert "| H1 | best_vs_worst: dpo - aot_paired | >= 0 | - | - | - | not run |" in text
     for image in ("best_vs_worst", "noisy", "unpaired", "ablation"):
         assert (tmp_path / "img" / f"alignment_regimes_micro_{image}.png").stat().st_size > 0
