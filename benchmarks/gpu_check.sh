@@ -79,7 +79,7 @@ print('torchsort', torchsort.__file__, torchsort.soft_sort(x).shape, 'on', x.dev
 step "2. the device-parametrized tests on $DEVICE"
 set +e
 "$PYTHON" -m pytest -q -p no:cacheprovider -k "$DEVICE" --durations=5 \
-    tests/test_contract.py tests/test_sorting.py tests/test_ot.py \
+    tests/core/test_contract.py tests/sorting/test_sorting.py tests/core/test_ot.py \
     > "$OUT_DIR/tests_$DEVICE.log" 2>&1
 TESTS=$?
 set -e

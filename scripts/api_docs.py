@@ -6,7 +6,7 @@
 Every name in the ``__all__`` of the public modules below is documented once, where it first
 appears (the top-level package first), with its signature, defaults included, and its docstring
 turned into Markdown (Google-style sections become lists, doctests become code blocks). A test
-(``tests/test_api_docs.py``) fails when the committed file differs from the output.
+(``tests/core/test_api_docs.py``) fails when the committed file differs from the output.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ MODULES = (
 HEADER = """# API
 
 Every public name of `aot-losses`, its signature and its docstring, generated from the code by
-`python -m scripts.api_docs` (`tests/test_api_docs.py` fails when this page is out of date: do
+`python -m scripts.api_docs` (`tests/core/test_api_docs.py` fails when this page is out of date: do
 not edit it by hand). Shapes are written out; `B` is a batch of pairs, `n` chosen and `m`
 rejected samples. The examples run as doctests in CI. Errors: [errors.md](errors.md); the math:
 [math.md](math.md); sorting backends: [sorting.md](sorting.md); global-batch sorting:

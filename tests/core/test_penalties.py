@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from aot_losses.penalties import PENALTIES, get_penalty
 
-from .helpers import assert_close
+from ..helpers import assert_close
 
 settings.register_profile("penalties", max_examples=50, deadline=None, derandomize=True)
 settings.load_profile("penalties")

@@ -16,7 +16,7 @@ from aot_losses import ot_1d
 from aot_losses.penalties import get_penalty
 from aot_losses.testing import ot_cases, reference_ot_1d, reference_ot_grad
 
-from .helpers import TOLERANCES, assert_close
+from ..helpers import TOLERANCES, assert_close
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 scipy_stats = pytest.importorskip("scipy.stats")

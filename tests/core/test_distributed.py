@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from aot_losses import aot_paired_loss, aot_unpaired_loss, ot_1d
 from aot_losses.distributed import check_process_group, gather_concat, gather_concat_many
 
-from .helpers import assert_close
+from ..helpers import assert_close
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

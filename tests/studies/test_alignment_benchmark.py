@@ -18,7 +18,7 @@ from aot_examples.config import EMBEDDED_BETA
 
 from benchmarks import alignment
 
-from .test_examples import MICRO_TOY
+from ..examples.test_examples import MICRO_TOY
 
 MICRO_BASE = {
     "per_device_batch_size": 8,

@@ -25,7 +25,7 @@ from aot_examples.toy.preferences import ScoredSample, noisy_pairs, thumbs_up_do
 
 from benchmarks import alignment_regimes as study
 
-from .test_examples import MICRO_TOY
+from ..examples.test_examples import MICRO_TOY
 
 # --------------------------------------------------------------------------------------------
 # Data cells

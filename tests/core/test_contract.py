@@ -27,7 +27,7 @@ from aot_losses.nn import (
     SLiCLoss,
 )
 
-from .helpers import TOLERANCES, assert_close, random_logps
+from ..helpers import TOLERANCES, assert_close, random_logps
 
 LOGPS = (
     "policy_chosen_logps",

@@ -29,7 +29,7 @@ from aot_losses import _validation, ot_1d
 from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
 from aot_losses.testing import reference_soft_rank, reference_soft_sort
 
-from .helpers import TOLERANCES, assert_close
+from ..helpers import TOLERANCES, assert_close
 
 STAGES = ("passes", "hull", "accelerator")
 REGS = ("l2", "kl")

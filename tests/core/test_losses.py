@@ -19,7 +19,7 @@ from aot_losses import (
 )
 from aot_losses.testing import trl_aot_loss
 
-from .helpers import assert_close, random_logps
+from ..helpers import assert_close, random_logps
 
 PENALTIES = ["logistic", "squared_hinge", "hinge", "least_squares"]
 

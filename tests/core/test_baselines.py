@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from aot_losses.baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
 
-from .helpers import assert_close, random_logps
+from ..helpers import assert_close, random_logps
 
 
 def test_dpo_is_logsigmoid_of_the_scaled_margin():

@@ -1,5 +1,5 @@
 """aot_losses.integrations.trl against TRL itself: a 1-block GPT-2 built from a config, a
-word-level tokenizer and in-memory datasets (tests/trl_toy.py), float32 on the CPU, no hub."""
+word-level tokenizer and in-memory datasets (tests/integrations/trl_toy.py), float32 on the CPU, no hub."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from .trl_toy import (
     unpaired_dataset,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FSD_KEYS = ["fsd/violation", *(f"fsd/margin_q{round(100 * t)}" for t in QUANTILE_LEVELS)]
 
 
@@ -539,7 +539,7 @@ def test_two_processes_sort_the_global_batch(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     command += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     command += ["--dynamo_backend", "no", "--main_process_port", str(port)]
-    command += [str(ROOT / "tests" / "trl_toy.py"), str(tmp_path)]
+    command += [str(ROOT / "tests" / "integrations" / "trl_toy.py"), str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     processes = json.loads((tmp_path / "processes.json").read_text())

@@ -20,7 +20,7 @@ from aot_losses.diagnostics import (
     quantiles,
 )
 
-from .helpers import assert_close
+from ..helpers import assert_close
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
