@@ -11,5 +11,14 @@ See ``docs/sorting.md`` for the math, the backends and their limits.
 """
 
 from ._api import Backend, RankBackend, SoftSort, hard_sort, soft_rank, soft_sort
+from ._isotonic import Regularization
 
-__all__ = ["Backend", "RankBackend", "SoftSort", "hard_sort", "soft_rank", "soft_sort"]
+__all__ = [
+    "Backend",
+    "RankBackend",
+    "Regularization",
+    "SoftSort",
+    "hard_sort",
+    "soft_rank",
+    "soft_sort",
+]
