@@ -30,6 +30,20 @@ def check_lengths(max_length: int, max_prompt_length: int) -> None:
         )
 
 
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> str:
+    """The prompt as the model reads it: with a chat template, a user turn (or the given chat
+    messages) followed by the assistant's generation prompt; without one, the text itself.
+    Training (:func:`encode`) and sampling both go through it, so they condition alike."""
+    if tokenizer.chat_template is None:
+        if not isinstance(prompt, str):
+            raise ValueError(
+                "conversational (chat message) data needs a tokenizer with a chat template"
+            )
+        return prompt
+    user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return str(tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True))
+
+
 def encode(
     tokenizer: PreTrainedTokenizerBase,
     prompt: Text,
@@ -70,9 +84,7 @@ def encode(
         ]
     else:
         user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        prompt_text = str(
-            tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        )
+        prompt_text = render_prompt(tokenizer, prompt)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         completion_ids = []
         for text in completions:
