@@ -18,7 +18,8 @@ Communication per call, whatever the number of tensors gathered together (``W`` 
 two collectives forward and one backward.
 
 * forward, one ``all_gather`` of 14 int64 per tensor and rank (its local size, dtype, whether it
-  needs a gradient, its leading shape, whether weights come with it and their dtype), then one
+  needs a gradient, its leading shape, whether weights come with it and their dtype, or, from a
+  rank whose own checks of its inputs failed, the kind and length of its error message), then one
   ``all_gather`` of all the rank's tensors and weights flattened into one buffer, padded to the
   largest rank's (the padding is sliced away); nothing more when every buffer is empty;
 * backward, one ``all_reduce`` (sum) of the global gradients of the tensors that need one, packed
@@ -32,13 +33,20 @@ Every call is a collective: all ranks of the group must call it the same number 
 the same order, with the same tensors (dtype and leading shape of each), weights for the same
 ones; with gradient accumulation each micro-batch is gathered (and sorted) together with the same
 micro-batch index of the other ranks.
+
+Bad input on one rank never leaves the others waiting. A rank whose own checks of its inputs
+fail (a wrong shape, a NaN, a negative weight: the checks inside :func:`local_checks`) sends its
+error in place of its metadata; the ranks then gather the error messages in place of the data,
+and every rank raises the same error, naming the rank at fault. Disagreements between ranks are
+found from the metadata and raised on every rank alike as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +55,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["check_process_group", "gather_concat", "gather_concat_many"]
+__all__ = ["check_process_group", "gather_concat", "gather_concat_many", "local_checks"]
 
 # The dtypes that can be gathered; the metadata exchange carries dtypes as indices into _CODED
 # (so that an unsupported dtype on one rank is reported on every rank instead of leaving the
@@ -59,10 +67,15 @@ _CODED: tuple[torch.dtype, ...] = (
     *(torch.complex64, torch.complex128),
 )
 # Metadata per rank and tensor: number of dims, local size, dtype code, needs-grad flag, leading
-# dims (padded with -1), then whether weights come with it and their dtype code.
+# dims (padded with -1), then whether weights come with it and their dtype code. A rank whose
+# local checks failed sends instead a row of the same width starting with -(1 + the index of the
+# error's class in _REPORTED) and the length of its UTF-8 message (a negative number of dims
+# marks the row).
 _HEADER = 4
 _MAX_LEADING_DIMS = 8
 _WIDTH = _HEADER + _MAX_LEADING_DIMS + 2
+# The errors of a rank's local checks that are reported to, and raised on, every rank.
+_REPORTED: tuple[type[Exception], ...] = (ValueError, TypeError)
 
 
 def check_process_group(group: object, *, name: str = "process_group") -> dist.ProcessGroup:
@@ -214,19 +227,20 @@ def gather_concat_many(
         RuntimeError: ``torch.distributed`` is unavailable or not initialized (raised before any
             communication); ranks disagree on whether a tensor requires a gradient (the
             backward is a collective, so it must run on every rank or on none).
-        TypeError: ``group`` is not a process group, a tensor or weight not a tensor (raised
-            before any communication); a tensor's or weight's dtype is not one of the four above
-            on some rank; ranks disagree on a tensor's dtype ("x has dtype float32 on rank 0 but
-            bfloat16 on rank 1").
-        ValueError: this process is not a member of ``group``; ``names``, ``weights`` or
-            ``weight_names`` do not match ``tensors``; tensors or weights on different devices;
-            weights that do not broadcast to their tensor's shape (all raised before any
-            communication). A tensor is 0-D or has more than 8 leading dims on some rank; ranks
-            disagree on a tensor's leading shape, or on whether its weights are given.
+        TypeError: ``group`` is not a process group (raised before any communication); a
+            tensor or weight is not a tensor on some rank; a tensor's or weight's dtype is not
+            one of the four above on some rank; ranks disagree on a tensor's dtype ("x has
+            dtype float32 on rank 0 but bfloat16 on rank 1").
+        ValueError: this process is not a member of ``group`` (raised before any
+            communication); on some rank, ``names``, ``weights`` or ``weight_names`` do not
+            match ``tensors``, tensors or weights lie on different devices, weights do not
+            broadcast to their tensor's shape, a tensor is 0-D or has more than 8 leading dims;
+            ranks disagree on a tensor's leading shape, or on whether its weights are given.
 
-        Errors that involve several ranks are raised on every rank alike, after the metadata
-        exchange, so that no rank is left waiting in a collective. Ranks are numbered within
-        ``group``.
+        All but the process-group errors are raised on every rank alike, after the metadata
+        exchange, so that no rank is left waiting in a collective; an error of one rank's own
+        arguments (see :func:`local_checks`) reads ``"on rank R of the W in the group: ..."``.
+        Ranks are numbered within ``group``.
 
     Example:
         Not run here (it needs a process group). On 2 ranks holding ``u = tensor([1., 2.])``,
@@ -243,15 +257,14 @@ def gather_concat_many(
     weights = [None] * len(tensors) if weights is None else list(weights)
     if weight_names is None:
         weight_names = [f"weights of {name}" for name in names]
-    _check_arguments(tensors, names, weights, weight_names)
-    world = dist.get_world_size(group)
-    if world == 1:
+    with local_checks(group, gathered=len(tensors), like=tensors[0] if tensors else None):
+        _check_arguments(tensors, names, weights, weight_names)
+    if dist.get_world_size(group) == 1:
         _check_rows([_metadata(tensors, weights)], names, weight_names)
         return list(tensors), weights
-    local = torch.tensor(_metadata(tensors, weights), dtype=torch.int64, device=tensors[0].device)
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local, group=group)
-    rows: list[list[int]] = torch.stack(parts).tolist()
+    rows = _exchange(_metadata(tensors, weights), group, tensors[0].device)
+    if any(row[0] < 0 for row in rows):
+        raise _agreed_error(rows, b"", group, tensors[0].device)
     _check_rows(rows, names, weight_names)
     plan = _Plan.of(rows, group)
     given = [
@@ -262,6 +275,84 @@ def gather_concat_many(
     gathered: list[Tensor] = list(outputs[: len(tensors)])
     gathered_weights = iter(outputs[len(tensors) :])
     return gathered, [None if w is None else next(gathered_weights) for w in weights]
+
+
+@contextlib.contextmanager
+def local_checks(
+    process_group: dist.ProcessGroup | None, *, gathered: int, like: object
+) -> Iterator[None]:
+    """Run this rank's checks of its inputs to a later :func:`gather_concat_many` call, so that
+    a ``ValueError`` or ``TypeError`` they raise is raised on every rank alike, promptly.
+
+    On the rank whose checks raise, the block's error is sent through the first collective of
+    the gather that the other ranks have entered (in place of this rank's metadata); the ranks
+    then gather the error messages (in place of the data), and each raises the error of the
+    lowest rank at fault, with the same type and the message ``"on rank R of the W in the group:
+    <message>"``. Nothing is communicated when the checks pass (the gather's own two collectives
+    carry the verdict), nor with a group of one rank or without a group, where the error is
+    raised as it is.
+
+    Args:
+        process_group: the group of the gather that follows the block (as
+            :func:`check_process_group` takes it), or ``None`` when none follows (a local loss).
+        gathered: the number of tensors that gather concatenates on the other ranks.
+        like: a tensor on the device the gather communicates on (typically the first tensor
+            passed to the gather or the one it is computed from); the CPU when not a tensor.
+
+    Raises:
+        ValueError, TypeError: the block's, as above. Errors of other types propagate from this
+            rank alone.
+
+    Example:
+        Not run here (it needs a process group). On every rank::
+
+            with local_checks(group, gathered=1, like=x):
+                if not torch.isfinite(x).all():
+                    raise ValueError("x must be finite")
+            (gathered,), _ = gather_concat_many([x], group, names=["x"])
+            # a NaN in x on rank 1 raises, on every rank:
+            # ValueError: on rank 1 of the 2 in the group: x must be finite
+    """
+    try:
+        yield
+    except _REPORTED as error:
+        if process_group is None:
+            raise
+        group = check_process_group(process_group)
+        if dist.get_world_size(group) == 1:
+            raise
+        kind = next(k for k, cls in enumerate(_REPORTED, start=1) if isinstance(error, cls))
+        message = str(error).encode()
+        row = [-kind, len(message), *[0] * (gathered * _WIDTH - 2)]
+        device = like.device if isinstance(like, Tensor) else torch.device("cpu")
+        raise _agreed_error(_exchange(row, group, device), message, group, device) from error
+
+
+def _exchange(row: list[int], group: dist.ProcessGroup, device: torch.device) -> list[list[int]]:
+    """The metadata collective: every rank's ``row`` (all of one width), in rank order."""
+    local = torch.tensor(row, dtype=torch.int64, device=device)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    rows: list[list[int]] = torch.stack(parts).tolist()
+    return rows
+
+
+def _agreed_error(
+    rows: list[list[int]], message: bytes, group: dist.ProcessGroup, device: torch.device
+) -> Exception:
+    """The error every rank raises when some ``rows`` of the metadata exchange report failed
+    local checks: the UTF-8 messages (``message`` from this rank, empty if its checks passed)
+    are gathered in one collective, and the lowest failed rank's makes the error."""
+    failed = [r for r, row in enumerate(rows) if row[0] < 0]
+    local = torch.zeros(max(1, *(rows[r][1] for r in failed)), dtype=torch.uint8)
+    local[: len(message)] = torch.tensor(list(message), dtype=torch.uint8)
+    parts = [torch.empty_like(local, device=device) for _ in rows]
+    dist.all_gather(parts, local.to(device), group=group)
+    first = failed[0]
+    text = bytes(parts[first][: rows[first][1]].tolist()).decode()
+    also = f" (rank(s) {failed[1:]} failed too)" if len(failed) > 1 else ""
+    kind = _REPORTED[-rows[first][0] - 1]
+    return kind(f"on rank {first} of the {len(rows)} in the group{also}: {text}")
 
 
 def _check_arguments(

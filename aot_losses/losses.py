@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from torch import Tensor
 
 from ._validation import Reduction, check_finite, check_logps, check_weights
+from .distributed import local_checks
 from .ot import SortLike, TransportOptions, resolve_options, transport
 from .penalties import PenaltyLike
 
@@ -200,28 +201,33 @@ def _aot_loss(
     """Both AOT losses: check the log-probs and the weights of u and v, form the margins
     (paired: u = pc - pr, v = rc - rr; unpaired: u = pc - rc, v = pr - rr), check them finite
     (naming the tensor at fault) and transport u onto v."""
-    tensors = check_logps(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        paired=paired,
-        allow_empty=process_group is not None,
-    )
-    names = list(tensors)
-    sides = (names[:2], names[2:]) if paired else (names[0::2], names[1::2])
+    with local_checks(process_group, gathered=2, like=policy_chosen_logps):  # on every rank
+        tensors = check_logps(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
+            paired=paired,
+            allow_empty=process_group is not None,
+        )
+        names = list(tensors)
+        sides = (names[:2], names[2:]) if paired else (names[0::2], names[1::2])
 
-    def checked(w: Tensor | None, name: str, like: Tensor, like_name: str) -> Tensor | None:
-        if w is None:
-            return None
-        return check_weights(w, name, like, like_name, allow_zero_sum=process_group is not None)
+        def checked(w: Tensor | None, name: str, like: Tensor, like_name: str) -> Tensor | None:
+            if w is None:
+                return None
+            return check_weights(w, name, like, like_name, allow_zero_sum=process_group is not None)
 
-    if paired:  # one weight per pair, for both margins (weights[0] is weights[1])
-        u_weights = v_weights = checked(weights[0], "weights", policy_chosen_logps, "the log-probs")
-    else:
-        u_weights = checked(weights[0], "chosen_weights", policy_chosen_logps, "its log-probs")
-        v_weights = checked(weights[1], "rejected_weights", policy_rejected_logps, "its log-probs")
-    u, v = (tensors[a] - tensors[b] for a, b in sides)
-    check_finite(u, "u", {name: tensors[name] for name in sides[0]})
-    check_finite(v, "v", {name: tensors[name] for name in sides[1]})
+        if paired:  # one weight per pair, for both margins (weights[0] is weights[1])
+            u_weights = v_weights = checked(
+                weights[0], "weights", policy_chosen_logps, "the log-probs"
+            )
+        else:
+            u_weights = checked(weights[0], "chosen_weights", policy_chosen_logps, "its log-probs")
+            v_weights = checked(
+                weights[1], "rejected_weights", policy_rejected_logps, "its log-probs"
+            )
+        u, v = (tensors[a] - tensors[b] for a, b in sides)
+        check_finite(u, "u", {name: tensors[name] for name in sides[0]})
+        check_finite(v, "v", {name: tensors[name] for name in sides[1]})
     return transport(u, v, u_weights, v_weights, options, process_group)

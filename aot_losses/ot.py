@@ -36,6 +36,7 @@ from ._validation import (
     describe,
     reduce,
 )
+from .distributed import gather_concat_many, local_checks
 from .penalties import Penalty, PenaltyLike, get_penalty
 from .sorting import SoftSort
 
@@ -135,21 +136,22 @@ def ot_1d(
         reduction=reduction,
     )
     distributed = process_group is not None
-    u = check_tensor(u, "u", min_ndim=1, allow_empty=distributed)
-    v = check_tensor(v, "v", min_ndim=1, allow_empty=distributed)
-    check_same_device({"u": u, "v": v})
-    check_same_dtype({"u": u, "v": v})
-    if u.shape[:-1] != v.shape[:-1]:
-        raise ValueError(
-            f"u and v must have the same leading shape; got u of shape {tuple(u.shape)} and "
-            f"v of shape {tuple(v.shape)}"
-        )
-    check_finite(u, "u")
-    check_finite(v, "v")
-    if u_weights is not None:
-        u_weights = check_weights(u_weights, "u_weights", u, "u", allow_zero_sum=distributed)
-    if v_weights is not None:
-        v_weights = check_weights(v_weights, "v_weights", v, "v", allow_zero_sum=distributed)
+    with local_checks(process_group, gathered=2, like=u):  # raised on every rank alike
+        u = check_tensor(u, "u", min_ndim=1, allow_empty=distributed)
+        v = check_tensor(v, "v", min_ndim=1, allow_empty=distributed)
+        check_same_device({"u": u, "v": v})
+        check_same_dtype({"u": u, "v": v})
+        if u.shape[:-1] != v.shape[:-1]:
+            raise ValueError(
+                f"u and v must have the same leading shape; got u of shape {tuple(u.shape)} and "
+                f"v of shape {tuple(v.shape)}"
+            )
+        check_finite(u, "u")
+        check_finite(v, "v")
+        if u_weights is not None:
+            u_weights = check_weights(u_weights, "u_weights", u, "u", allow_zero_sum=distributed)
+        if v_weights is not None:
+            v_weights = check_weights(v_weights, "v_weights", v, "v", allow_zero_sum=distributed)
     return transport(u, v, u_weights, v_weights, options, process_group)
 
 
@@ -256,8 +258,6 @@ def _gather(
     (the metadata of both sides, then their samples and weights) and one backward (the packed
     gradient of the sides that need one). A rank that passes weights while another does not is
     reported on every rank, from the metadata."""
-    from .distributed import gather_concat_many
-
     weight_names = ("u_weights", "v_weights")
     (u, v), (u_weights, v_weights) = gather_concat_many(
         (u, v), group, names=("u", "v"), weights=(u_weights, v_weights), weight_names=weight_names

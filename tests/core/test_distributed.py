@@ -22,7 +22,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from aot_losses import aot_paired_loss, aot_unpaired_loss, ot_1d
+from aot_losses import (
+    aot_paired_loss,
+    aot_unpaired_loss,
+    get_value_checks,
+    ot_1d,
+    set_value_checks,
+)
 from aot_losses.distributed import check_process_group, gather_concat, gather_concat_many
 
 from ..helpers import assert_close
@@ -686,6 +692,69 @@ def scenario_packed_errors(rank: int, world: int) -> list[Result]:
     return out
 
 
+def scenario_local_errors(rank: int, world: int) -> list[Result]:
+    """Rank 1's own inputs fail their checks (a NaN log-prob, a negative weight, a wrong length
+    or dtype, in the losses, ot_1d and gather_concat_many) while the other ranks' pass: every
+    rank raises the same error, naming rank 1, in the gather's two forward collectives, and the
+    group stays usable. Each case starts after a barrier and is timed on every rank."""
+    group = dist.group.WORLD
+    bad = rank == 1
+    x = torch.linspace(-2.0, 0.0, 3, dtype=F64)
+    nan = torch.tensor([-2.0, float("nan"), 0.0], dtype=F64)
+    weights = torch.tensor([1.0, -1.0 if bad else 1.0, 1.0], dtype=F64)
+    not_a_tensor: Any = x.tolist() if bad else x
+    cases: dict[str, Callable[[], object]] = {
+        "nan_logp": lambda: aot_paired_loss(nan if bad else x, x, x, x, process_group=group),
+        "negative_weight": lambda: aot_unpaired_loss(
+            x, x, x, x, rejected_weights=weights, process_group=group
+        ),
+        "wrong_length": lambda: aot_paired_loss(x, x[:2] if bad else x, x, x, process_group=group),
+        "ot_1d_dtype": lambda: ot_1d(x, x.float() if bad else x, process_group=group),
+        "gather_weights_shape": lambda: gather_concat_many(
+            [x], group, names=["u"], weights=[torch.ones(5 if bad else 3)]
+        ),
+        "gather_not_a_tensor": lambda: gather_concat(not_a_tensor, group, name="u"),
+        "ranks_0_and_last": lambda: aot_unpaired_loss(
+            x, x[:2] if rank == world - 1 else x, x, nan if rank == 0 else x, process_group=group
+        ),
+    }
+    out = []
+    for case, fn in cases.items():
+        dist.barrier(group=group)
+        start = time.monotonic()
+        with _counted_collectives() as calls:
+            result = _capture(fn)
+        out.append({"case": case, **result, "elapsed": time.monotonic() - start, "calls": calls})
+    after = gather_concat(torch.full((1,), float(rank)), group, name="after")
+    out.append({"case": "after", "type": None, "message": str(after.tolist())})
+    return out
+
+
+def scenario_one_rank_group_error(rank: int, world: int) -> list[Result]:
+    """A group of one rank: a NaN log-prob raises the check's own error, communicating nothing."""
+    solo = dist.new_group([0])  # every rank must call new_group
+    if rank != 0:
+        return []
+    nan = torch.tensor([-2.0, float("nan"), 0.0], dtype=F64)
+    with _counted_collectives() as calls:
+        result = _capture(lambda: aot_paired_loss(nan, nan, nan, nan, process_group=solo))
+    return [{**result, "calls": calls}]
+
+
+def scenario_value_checks_never(rank: int, world: int) -> list[Result]:
+    """With value checks off, a NaN log-prob on rank 1 raises nowhere: it reaches the loss,
+    NaN on every rank."""
+    x = torch.linspace(-2.0, 0.0, 3, dtype=F64)
+    pc = torch.tensor([-2.0, float("nan"), 0.0], dtype=F64) if rank == 1 else x
+    saved = get_value_checks()
+    set_value_checks("never")
+    try:
+        loss = aot_paired_loss(pc, x, x, x, process_group=dist.group.WORLD)
+    finally:
+        set_value_checks(saved)
+    return [{"loss": loss}]
+
+
 SCENARIOS: dict[str, Callable[[int, int], list[Result]]] = {
     name.removeprefix("scenario_"): fn
     for name, fn in globals().items()
@@ -915,6 +984,63 @@ def test_packed_gather_disagreements_raise_on_every_rank(group_results):
             kind, fragment = expected[r["case"]]
             assert r["type"] == kind, r
             assert fragment in r["message"], r
+
+
+@pytest.mark.multiprocess
+def test_one_ranks_bad_input_raises_on_every_rank_promptly(group_results):
+    """Without the agreement, rank 1 raised alone and the others waited in the gather until the
+    group's timeout."""
+    world, _ = group_results
+    prefix = f"on rank 1 of the {world} in the group: "
+    expected = {
+        "nan_logp": ("ValueError", prefix + "policy_chosen_logps must be finite; got 1 NaN"),
+        "negative_weight": (
+            "ValueError",
+            prefix + "rejected_weights must be nonnegative; got minimum -1.0",
+        ),
+        "wrong_length": (
+            "ValueError",
+            prefix + "policy_rejected_logps must have the same length as policy_chosen_logps",
+        ),
+        "ot_1d_dtype": ("TypeError", prefix + "v must have the same dtype as u (torch.float64)"),
+        "gather_weights_shape": (
+            "ValueError",
+            prefix + "weights of u must broadcast to the shape of u (3,); got shape (5,)",
+        ),
+        "gather_not_a_tensor": ("TypeError", prefix + "u must be a torch.Tensor; got list"),
+        "ranks_0_and_last": (
+            "ValueError",
+            f"on rank 0 of the {world} in the group (rank(s) [{world - 1}] failed too): "
+            "reference_rejected_logps must be finite",
+        ),
+        "after": (None, str([float(r) for r in range(world)])),
+    }
+    per_rank = _scenario(group_results, "local_errors")
+    for results in per_rank:
+        assert [r["case"] for r in results] == list(expected)
+        for r in results:
+            kind, start = expected[r["case"]]
+            assert r["type"] == kind, r
+            assert r["message"].startswith(start), r
+            if kind is not None:
+                assert r["elapsed"] < COLLECTIVE_TIMEOUT.total_seconds() / 3, r
+                assert r["calls"] == ["allgather", "allgather"], r  # metadata, then messages
+    for results in per_rank[1:]:
+        assert [r["message"] for r in results] == [r["message"] for r in per_rank[0]]
+
+
+@pytest.mark.multiprocess
+def test_one_rank_group_raises_the_error_as_it_is(group_results):
+    (result,) = _scenario(group_results, "one_rank_group_error")[0]
+    assert result["type"] == "ValueError", result
+    assert result["message"].startswith("policy_chosen_logps must be finite"), result
+    assert result["calls"] == [], result
+
+
+@pytest.mark.multiprocess
+def test_value_checks_never_lets_a_nan_reach_every_rank(group_results):
+    for (result,) in _scenario(group_results, "value_checks_never"):
+        assert torch.isnan(result["loss"]), result
 
 
 def test_not_initialized_raises_before_any_communication():
