@@ -1,11 +1,14 @@
 """Align a causal LM with AOT through TRL: ``AOTTrainer`` / ``AOTConfig`` in place of TRL's
-``DPOTrainer`` / ``DPOConfig`` (see ``docs/trl.md``).
+``DPOTrainer`` / ``DPOConfig`` on paired data, or with ``--unpaired`` ``AOTUnpairedTrainer`` /
+``AOTUnpairedConfig`` in place of ``KTOTrainer`` / ``KTOConfig`` on unpaired data (see
+``docs/trl.md``).
 
 Offline by default: without ``--model`` it builds a word-level tokenizer and a tiny GPT-2 from a
-config, and a toy paired dataset in memory (the chosen completion repeats the prompt, the
-rejected one is random words), and trains on the CPU in seconds::
+config, and a toy dataset in memory (a good completion repeats the prompt, a bad one is random
+words; ``--unpaired``: one good completion for two bad ones), and trains on the CPU in seconds::
 
     python examples/trl_aot.py --output-dir runs/trl
+    python examples/trl_aot.py --unpaired --penalty squared_hinge --beta 0.5
     accelerate launch --multi_gpu --num_processes 2 examples/trl_aot.py --global-sort
 
 (on a CPU-only machine ``--multi_gpu`` is what makes accelerate start 2 processes; the trainer
@@ -22,6 +25,7 @@ import argparse
 import copy
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,9 +40,27 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from aot_losses.integrations.trl import AOTConfig, AOTTrainer
+from aot_losses.integrations.trl import (
+    AOTConfig,
+    AOTTrainer,
+    AOTUnpairedConfig,
+    AOTUnpairedTrainer,
+)
 
 WORDS = "the a cat dog bird sat ran on under mat tree big small red blue".split()
+SUMMARY_KEYS = ("loss", "rewards/margins", "fsd/violation")
+
+
+@dataclass
+class Setup:
+    """What the trainer is built from: the model (or a name TRL loads), its tokenizer and
+    reference (``None``: TRL loads or derives them), the dataset and config options."""
+
+    model: str | PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    ref_model: PreTrainedModel | None
+    dataset: Dataset
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def tiny_model_and_tokenizer() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -56,24 +78,45 @@ def tiny_model_and_tokenizer() -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     return GPT2LMHeadModel(config), tokenizer
 
 
-def toy_dataset(size: int, seed: int = 0) -> Dataset:
-    """Paired rows: the chosen completion repeats the prompt, the rejected one is random."""
+def toy_dataset(size: int, *, unpaired: bool = False, seed: int = 0) -> Dataset:
+    """Paired rows (``prompt``, ``chosen`` repeating the prompt, ``rejected`` random), or with
+    ``unpaired`` rows (``prompt``, ``completion``, ``label``), one in three desirable."""
     rng = random.Random(seed)
-    rows = []
-    for _ in range(size):
+    rows: list[dict[str, Any]] = []
+    for i in range(size):
         prompt = " ".join(rng.choices(WORDS, k=3))
-        rejected = " ".join(rng.choices(WORDS, k=3))
-        rows.append({"prompt": prompt, "chosen": " " + prompt, "rejected": " " + rejected})
+        good, bad = " " + prompt, " " + " ".join(rng.choices(WORDS, k=3))
+        if unpaired:
+            desirable = i % 3 == 0
+            rows.append({"prompt": prompt, "completion": good if desirable else bad,
+                         "label": desirable})  # fmt: skip
+        else:
+            rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
     return Dataset.from_list(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> AOTTrainer:
-    """Parse ``argv``, train, and return the trainer."""
+def load(args: argparse.Namespace) -> Setup:
+    """The model, tokenizer, reference and dataset that ``--model`` / ``--dataset`` name."""
+    if args.model is None:
+        model, tokenizer = tiny_model_and_tokenizer()
+        dataset = toy_dataset(64 * args.batch_size, unpaired=args.unpaired)
+        # TRL defaults to bf16 autocast; the tiny model trains in float32 (on the CPU if no GPU)
+        options = {"bf16": False, "use_cpu": not torch.cuda.is_available(), "learning_rate": 1e-2}
+        return Setup(model, tokenizer, copy.deepcopy(model), dataset, options)
+    # TRL loads the model, its tokenizer and the reference model from the name
+    dataset = load_dataset(args.dataset, split="train")
+    return Setup(args.model, None, None, dataset, {"learning_rate": 5e-7})
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="hub name or path; default: a tiny GPT-2, offline")
-    parser.add_argument("--dataset", help="paired hub dataset (with --model)")
+    parser.add_argument("--dataset", help="hub dataset or path (with --model)")
+    parser.add_argument("--unpaired", action="store_true", help="AOTUnpairedTrainer (KTO data)")
     parser.add_argument("--output-dir", default="runs/trl_aot")
-    parser.add_argument("--loss-type", default="aot", choices=["aot", "aot_unpaired"])
+    parser.add_argument(
+        "--loss-type", default="aot", choices=["aot", "aot_unpaired"], help="paired data only"
+    )
     parser.add_argument(
         "--penalty",
         default="logistic",
@@ -86,52 +129,60 @@ def main(argv: Sequence[str] | None = None) -> AOTTrainer:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.model is not None and args.dataset is None:
+        parser.error("--model needs --dataset")
+    return args
 
-    model: str | PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase | None
-    ref_model: PreTrainedModel | None
-    options: dict[str, Any]
-    if args.model is None:
-        model, tokenizer = tiny_model_and_tokenizer()
-        ref_model = copy.deepcopy(model)
-        dataset = toy_dataset(size=64 * args.batch_size)
-        # TRL defaults to bf16 autocast; the tiny model trains in float32 (on the CPU if no GPU)
-        options = {"bf16": False, "use_cpu": not torch.cuda.is_available(), "learning_rate": 1e-2}
-    else:
-        if args.dataset is None:
-            parser.error("--model needs --dataset")
-        # TRL loads the model, its tokenizer and the reference model from the name
-        model, tokenizer, ref_model = args.model, None, None
-        dataset = load_dataset(args.dataset, split="train")
-        options = {"learning_rate": 5e-7}
+
+def main(argv: Sequence[str] | None = None) -> AOTTrainer | AOTUnpairedTrainer:
+    """Parse ``argv``, train, and return the trainer."""
+    args = parse(argv)
+    setup = load(args)
     if args.learning_rate is not None:
-        options["learning_rate"] = args.learning_rate
-    config = AOTConfig(
-        output_dir=args.output_dir,
-        loss_type=args.loss_type,
-        beta=args.beta,
-        aot_penalty=args.penalty,
-        aot_sort=args.sort,
-        aot_global_sort=args.global_sort,
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.max_steps,
-        logging_steps=max(1, args.max_steps // 10),
-        save_strategy="no",
-        report_to="none",
-        **options,
-    )
-    trainer = AOTTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+        setup.options["learning_rate"] = args.learning_rate
+    options = {
+        "output_dir": args.output_dir,
+        "beta": args.beta,
+        "aot_penalty": args.penalty,
+        "aot_sort": args.sort,
+        "aot_global_sort": args.global_sort,
+        "per_device_train_batch_size": args.batch_size,
+        "max_steps": args.max_steps,
+        "logging_steps": max(1, args.max_steps // 10),
+        "save_strategy": "no",
+        "report_to": "none",
+        **setup.options,
+    }
+    trainer: AOTTrainer | AOTUnpairedTrainer
+    if args.unpaired:
+        trainer = AOTUnpairedTrainer(
+            model=setup.model,
+            ref_model=setup.ref_model,
+            args=AOTUnpairedConfig(**options),
+            train_dataset=setup.dataset,
+            processing_class=setup.tokenizer,
+        )
+    else:
+        trainer = AOTTrainer(
+            model=setup.model,
+            ref_model=setup.ref_model,
+            args=AOTConfig(loss_type=args.loss_type, **options),
+            train_dataset=setup.dataset,
+            processing_class=setup.tokenizer,
+        )
     trainer.train()
     return trainer
 
 
+def report(trainer: AOTTrainer | AOTUnpairedTrainer) -> None:
+    """Print the first and last logged values of :data:`SUMMARY_KEYS`, on the main process."""
+    if not trainer.accelerator.is_main_process:
+        return
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    for key in SUMMARY_KEYS:
+        if key in logs[0] and key in logs[-1]:
+            print(f"{key}: {logs[0][key]:.4f} (first step) -> {logs[-1][key]:.4f} (last)")
+
+
 if __name__ == "__main__":
-    logs = [entry for entry in main().state.log_history if "loss" in entry]
-    for key in ("loss", "rewards/margins", "fsd/violation"):
-        print(f"{key}: {logs[0][key]:.4f} (first step) -> {logs[-1][key]:.4f} (last)")
+    report(main())

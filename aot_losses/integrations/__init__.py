@@ -5,7 +5,7 @@ is imported (``import aot_losses`` and ``import aot_losses.integrations`` import
 
 * :mod:`aot_losses.integrations.trl`: ``AOTTrainer`` / ``AOTConfig`` over TRL's ``DPOTrainer``,
   ``AOTUnpairedTrainer`` / ``AOTUnpairedConfig`` over TRL's ``KTOTrainer``
-  (``pip install 'aot-losses[trl]'``; see ``docs/trl.md``).
+  (from a checkout of aot-losses, ``pip install -e ".[trl]"``; see ``docs/trl.md``).
 """
 
 __all__: list[str] = []

@@ -1,8 +1,10 @@
 """aot_losses.integrations.trl against TRL itself: a 1-block GPT-2 built from a config, a
-word-level tokenizer and in-memory datasets (tests/integrations/trl_toy.py), float32 on the CPU, no hub."""
+word-level tokenizer and in-memory datasets (tests/integrations/trl_toy.py), float32 on the CPU,
+no hub."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import inspect
 import json
@@ -10,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,16 +107,100 @@ def test_configs_parse_from_the_command_line(tmp_path: Path) -> None:
         HfArgumentParser(AOTConfig).parse_args_into_dataclasses([*argv, "--aot_sort", "medium"])
 
 
-def test_example_runs_offline(tmp_path: Path) -> None:
+def load_example() -> Any:
     spec = importlib.util.spec_from_file_location("trl_aot", ROOT / "examples" / "trl_aot.py")
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
+    sys.modules["trl_aot"] = example  # where its dataclass finds its module
     spec.loader.exec_module(example)
+    return example
+
+
+def accelerate_launch() -> list[str]:
+    """``accelerate launch`` of 2 processes on a free port (``--multi_gpu`` starts 2 gloo
+    processes on a CPU-only machine, see docs/trl.md)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    command += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    return [*command, "--dynamo_backend", "no", "--main_process_port", str(port)]
+
+
+def test_example_runs_offline(tmp_path: Path) -> None:
+    example = load_example()
     argv = ["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4"]
     trainer = example.main([*argv, "--penalty", "squared_hinge", "--sort", "soft"])
     assert isinstance(trainer, AOTTrainer) and trainer.state.global_step == 2
     assert (trainer.args.aot_penalty, trainer.args.aot_sort) == ("squared_hinge", "soft")
     assert {"loss", "rewards/margins", *FSD_KEYS} <= set(trainer.state.log_history[0])
+
+
+def docs_python(section: str) -> str:
+    """The first Python block of the section of docs/trl.md with that title."""
+    text = (ROOT / "docs" / "trl.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return body.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def docs_script(data: str) -> str:
+    """The complete script of docs/trl.md; ``"unpaired"``: its model and tokenizer with the
+    unpaired snippet of the AOTUnpairedTrainer section."""
+    script = docs_python("A complete script on the CPU")
+    if data == "paired":
+        return script
+    return script.split("dataset = ", 1)[0] + docs_python("Unpaired data: `AOTUnpairedTrainer`")
+
+
+@pytest.mark.parametrize("data", ["paired", "unpaired"])
+def test_docs_scripts_run_as_written(tmp_path: Path, data: str) -> None:
+    """The script of docs/trl.md, as a user would run it: a fresh interpreter, its own
+    directory, no network, well under a minute."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    (tmp_path / "script.py").write_text(docs_script(data))
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    if data == "paired":
+        lines = [line for line in result.stdout.splitlines() if line.startswith("loss ")]
+        assert len(lines) == 3 and "fsd/violation" in lines[0], result.stdout
+    else:
+        assert len(ast.literal_eval(result.stdout.splitlines()[-1])) == 3, result.stdout
+    assert elapsed < 60, elapsed
+
+
+def test_unpaired_example_runs_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``examples/trl_aot.py --unpaired``: AOTUnpairedTrainer on one desirable completion in
+    three, and the summary it prints."""
+    example = load_example()
+    argv = ["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "6", "--unpaired"]
+    trainer = example.main([*argv, "--penalty", "squared_hinge", "--beta", "0.5"])
+    assert isinstance(trainer, AOTUnpairedTrainer) and trainer.state.global_step == 2
+    assert trainer.args.aot_penalty == "squared_hinge"
+    labels = trainer.train_dataset["label"]
+    assert 3 * sum(labels) == len(labels)
+    capsys.readouterr()  # the Trainer's own logs
+    example.report(trainer)
+    summary = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in summary] == ["loss", "rewards/margins", "fsd/violation"]
+
+
+@pytest.mark.multiprocess
+def test_example_prints_its_summary_once_with_two_processes(tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2 examples/trl_aot.py --global-sort``
+    (the command of docs/trl.md): both processes train, the main one prints."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env["HF_HOME"] = str(tmp_path / "hf")  # no user accelerate config
+    command = [*accelerate_launch(), str(ROOT / "examples" / "trl_aot.py"), "--global-sort"]
+    command += ["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("loss: ") == 1, result.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,13 +620,8 @@ def test_two_processes_sort_the_global_batch(tmp_path: Path) -> None:
     as 1 process x 8 pairs; sorting each process's 2 pairs alone trains differently."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env["HF_HOME"] = str(tmp_path / "hf")  # no user accelerate config
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
-    command += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    command += ["--dynamo_backend", "no", "--main_process_port", str(port)]
-    command += [str(ROOT / "tests" / "integrations" / "trl_toy.py"), str(tmp_path)]
+    command = [*accelerate_launch(), str(ROOT / "tests" / "integrations" / "trl_toy.py")]
+    command.append(str(tmp_path))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     processes = json.loads((tmp_path / "processes.json").read_text())

@@ -1,9 +1,11 @@
-"""A tiny TRL setup for tests/integrations/test_trl.py, built without downloads, and its 2-process worker.
+"""A tiny TRL setup for the tests of aot_losses.integrations.trl, built without downloads, and
+its 2-process worker.
 
 Word-level tokenizer and a 1-block GPT-2 built from a config; paired (``prompt``, ``chosen``,
 ``rejected``) and unpaired (``prompt``, ``completion``, ``label``) datasets in memory. Run as a
-script (``accelerate launch ... tests/integrations/trl_toy.py OUT_DIR``), it trains the configurations of
-:data:`WORKER_RUNS` on every process and rank 0 saves the parameters and logged losses of each.
+script (``accelerate launch ... tests/integrations/trl_toy.py OUT_DIR``), it trains the
+configurations of :data:`WORKER_RUNS` on every process and rank 0 saves the parameters and
+logged losses of each.
 """
 
 from __future__ import annotations
