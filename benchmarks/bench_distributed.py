@@ -1,7 +1,8 @@
 """Cost of global-batch sorting: ``aot_paired_loss`` with ``process_group`` against the local loss,
 on 2 gloo ranks on the CPU.
 
-    python -m benchmarks.bench_distributed [--sizes 64 1024 ...] [--repeats 15] [--no-docs]
+    python -m benchmarks.bench_distributed [--sizes 64 1024 ...] [--repeats 15]
+                                           [--out DIR | --write]
 
 Spawns 2 processes (1 torch thread each) joined by a gloo group. Every case is forward+backward:
 
@@ -20,14 +21,14 @@ Collectives must run the same number of times on every rank, so the adaptive
 ``Timer.blocked_autorange`` cannot be used: each case runs ``repeats`` blocks of a fixed number
 of calls (``Timer.timeit``) started together after a barrier; the median and IQR are over blocks,
 measured on rank 0. The 1-minute load average at the start and end of the run is recorded
-(the numbers are only comparable between runs under similar load). Writes
-``benchmarks/results/distributed_cpu.json`` and the
-``bench_distributed`` section of ``docs/benchmarks.md``.
+(the numbers are only comparable between runs under similar load). One progress line per case.
+Writes ``distributed_cpu.json`` and the ``bench_distributed`` section of the page into ``--out``
+(``runs/benchmarks/``), or with ``--write`` into ``benchmarks/results/`` and
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -43,7 +44,17 @@ from torch.utils.benchmark import Measurement, Timer
 
 from aot_losses import aot_paired_loss
 from aot_losses.distributed import gather_concat
-from benchmarks.common import describe_machine, environment, format_time, save_json, write_section
+from benchmarks.common import (
+    add_output_arguments,
+    argument_parser,
+    describe_machine,
+    environment,
+    format_time,
+    progress,
+    publish,
+)
+
+__all__ = ["main", "section"]
 
 WORLD = 2
 SIZES = [64, 1024, 16384, 262144]
@@ -111,18 +122,18 @@ def _worker(rank: int, store: str, sizes: list[int], repeats: int, out: str) -> 
     for n in sizes:
         for name, fn in cases(n, rank).items():
             m, number = lockstep_time(fn, repeats)
+            timing = {"median_s": m.median, "iqr_s": m.iqr}
             rows.append(
                 {
                     "n_per_rank": n,
                     "case": name,
-                    "median_s": m.median,
-                    "iqr_s": m.iqr,
+                    **timing,
                     "blocks": repeats,
                     "calls_per_block": number,
                 }
             )
             if rank == 0:
-                print(f"n={n:>7} {name:<16} {format_time(m.median)} ± {format_time(m.iqr)}")
+                progress(f"distributed n={n} per rank, {WORLD} gloo ranks, fwd+bwd", name, timing)
     if rank == 0:
         Path(out).write_text(json.dumps({"environment": environment("cpu"), "results": rows}))
     dist.destroy_process_group()
@@ -143,11 +154,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def section(payload: dict[str, Any]) -> str:
+    """The ``bench_distributed`` section of docs/benchmarks.md from its JSON payload."""
+    env, rows = payload["environment"], payload["results"]
+    return (
+        "## Global-batch sorting: cost of `process_group` (2 gloo ranks, CPU)\n\n"
+        "`python -m benchmarks.bench_distributed`. Forward+backward of `aot_paired_loss` with "
+        "`n` pairs per rank: `local` sorts the rank's own pairs (`process_group=None`); "
+        "`global` passes `process_group=torch.distributed.group.WORLD` and sorts all `2n`; "
+        "`2n, one process` is the same loss on `2n` pairs without communication (the compute "
+        "part of `global`); `gather_concat` gathers `n` values per rank forward+backward (the "
+        "communication part: `global` gathers two such tensors, the policy and the reference "
+        "margins, packed into one gather, and all-reduces the gradient of the first); "
+        "`one all_gather` is a bare `all_gather` of 12 int64, the latency of one collective "
+        "(`gather_concat` forward+backward is three collectives, and so is `global`: a "
+        "metadata and a data `all_gather` forward, one `all_reduce` backward). Median ± IQR over "
+        f"{rows[0]['blocks']} lockstep blocks of a fixed number of calls (collectives cannot use "
+        "`blocked_autorange`, whose adaptive call counts would differ between ranks), rank 0, "
+        "one torch thread per rank.\n\n"
+        f"{describe_machine(env)}; gloo over loopback TCP. The machine's "
+        f"{env['cores']} cores were shared with other jobs during the run (1-minute load "
+        f"average {env['load_average_1min'][0]:.1f} at its start, "
+        f"{env['load_average_1min'][1]:.1f} at its end), so absolute times are noisy (IQRs of "
+        "tens of percent), and a negative last column means the communication cost was below "
+        "that noise.\n\n"
+        f"{table(rows)}"
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser = argument_parser(__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="pairs per rank (n)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed blocks per case")
+    add_output_arguments(parser, device=False)
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,34 +205,7 @@ def main() -> None:
             "load_average_1min": [load_start, os.getloadavg()[0]],
         }
     )
-    save_json("distributed_cpu", payload)
-    env = payload["environment"]
-    section = (
-        "## Global-batch sorting: cost of `process_group` (2 gloo ranks, CPU)\n\n"
-        "`python -m benchmarks.bench_distributed`. Forward+backward of `aot_paired_loss` with "
-        "`n` pairs per rank: `local` sorts the rank's own pairs (`process_group=None`); "
-        "`global` passes `process_group=torch.distributed.group.WORLD` and sorts all `2n`; "
-        "`2n, one process` is the same loss on `2n` pairs without communication (the compute "
-        "part of `global`); `gather_concat` gathers `n` values per rank forward+backward (the "
-        "communication part: `global` gathers two such tensors, the policy and the reference "
-        "margins, packed into one gather, and all-reduces the gradient of the first); "
-        "`one all_gather` is a bare `all_gather` of 12 int64, the latency of one collective "
-        "(`gather_concat` forward+backward is three collectives, and so is `global`: a "
-        "metadata and a data `all_gather` forward, one `all_reduce` backward). Median ± IQR over "
-        f"{args.repeats} lockstep blocks of a fixed number of calls (collectives cannot use "
-        "`blocked_autorange`, whose adaptive call counts would differ between ranks), rank 0, "
-        "one torch thread per rank.\n\n"
-        f"{describe_machine(env)}; gloo over loopback TCP. The machine's "
-        f"{env['cores']} cores were shared with other jobs during the run (1-minute load "
-        f"average {env['load_average_1min'][0]:.1f} at its start, "
-        f"{env['load_average_1min'][1]:.1f} at its end), so absolute times are noisy (IQRs of "
-        "tens of percent), and a negative last column means the communication cost was below "
-        "that noise.\n\n"
-        f"{table(payload['results'])}"
-    )
-    print(section)
-    if not args.no_docs:
-        write_section("bench_distributed", section)
+    publish("distributed_cpu", payload, "bench_distributed", section(payload), args)
 
 
 if __name__ == "__main__":

@@ -2,34 +2,35 @@
 stacked samples, forward+backward, in the same run.
 
     python -m benchmarks.bench_losses [--device cpu|cuda|all] [--sizes 64 4096 ...]
-                                      [--min-run-time 1.0] [--results-dir DIR] [--docs PAGE]
-                                      [--no-docs]
+                                      [--min-run-time 1.0] [--out DIR | --write]
 
-Writes ``benchmarks/results/losses_<device>.json`` and the device's section of
-``docs/benchmarks.md`` (``bench_losses`` for the CPU, ``bench_losses_cuda``).
+One progress line per case. Writes ``losses_<device>.json`` and the device's section of the page
+(``bench_losses`` for the CPU, ``bench_losses_cuda``) into ``--out`` (``runs/benchmarks/``), or
+with ``--write`` into ``benchmarks/results/`` and ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from aot_losses import aot_paired_loss, aot_unpaired_loss
 from benchmarks.common import (
     add_output_arguments,
+    argument_parser,
     describe_machine,
     devices,
     environment,
     format_time,
-    save_json,
+    progress,
+    publish,
     section_key,
     time_it,
-    write_section,
 )
+
+__all__ = ["main", "measure", "section"]
 
 SIZES = [64, 1024, 4096, 65536, 262144, 1048576]
 BASELINE = "torch.sort (2, n) fwd+bwd"
@@ -73,11 +74,17 @@ def cases(n: int, device: str) -> dict[str, Callable[[], None]]:
 
 
 def measure(sizes: list[int], device: str, min_run_time: float) -> list[dict[str, object]]:
+    """Every case at every size, the sort baseline first (the others' lines compare to it)."""
     rows: list[dict[str, Any]] = []
-    for n in tqdm(sizes, desc=f"losses on {device}"):
-        timings = {name: time_it(fn, device, min_run_time) for name, fn in cases(n, device).items()}
-        base = timings[BASELINE]["median_s"]
-        for name, t in timings.items():
+    for n in sizes:
+        what = f"losses n={n} {device} fwd+bwd"
+        for name, fn in cases(n, device).items():  # the baseline first
+            t = time_it(fn, device, min_run_time)
+            if name == BASELINE:
+                base = t["median_s"]
+                progress(what, name, t)
+            else:
+                progress(what, name, t, f"{t['median_s'] / base:.2f}x the sort")
             rows.append({"n": n, "case": name, **t, "ratio_to_sort": t["median_s"] / base})
     return rows
 
@@ -96,20 +103,29 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def section(payload: dict[str, Any]) -> str:
+    """The device's section of docs/benchmarks.md from a ``losses_<device>.json`` payload."""
+    env = payload["environment"]
+    return f"{HEADING[env['device']]}### {describe_machine(env)}\n\n{table(payload['results'])}"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
-    parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser = argument_parser(__doc__)
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=SIZES, help="sample sizes n (pairs per batch)"
+    )
+    parser.add_argument(
+        "--min-run-time", type=float, default=1.0, help="seconds of timing per case at least"
+    )
     add_output_arguments(parser)
     args = parser.parse_args()
     for device in devices(args.device):
-        env = environment(device)
-        rows = measure(args.sizes, device, args.min_run_time)
-        save_json(f"losses_{device}", {"environment": env, "results": rows}, args.results_dir)
-        text = f"### {describe_machine(env)}\n\n{table(rows)}"
-        print(text)
-        if not args.no_docs:
-            write_section(section_key("bench_losses", device), HEADING[device] + text, args.docs)
+        payload = {
+            "environment": environment(device),
+            "results": measure(args.sizes, device, args.min_run_time),
+        }
+        key = section_key("bench_losses", device)
+        publish(f"losses_{device}", payload, key, section(payload), args)
 
 
 HEADING = {

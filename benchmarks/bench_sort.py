@@ -1,7 +1,7 @@
 """Sort backends: hard sort, pure-PyTorch soft sort, torchsort and Sinkhorn soft sort.
 
     python -m benchmarks.bench_sort [--device cpu|cuda|all] [--min-run-time 0.2] [--threads 1]
-                                    [--results-dir DIR] [--docs PAGE] [--no-docs]
+                                    [--out DIR | --write]
 
 Forward and forward+backward (``out.sum().backward()``) of, on float32 ``torch.randn`` rows
 (fixed seeds) of shape (batch, n), batch in {1, 64} and n in {64, 256, 4096, 65536, 2^20}:
@@ -15,14 +15,14 @@ Forward and forward+backward (``out.sum().backward()``) of, on float32 ``torch.r
   backward solves an n x n system per row).
 
 Cases that would not fit the time budget of one run are skipped and listed: on the CPU,
-``batch * n > 2^22``. Median and IQR from ``Timer.blocked_autorange`` (CUDA synchronized).
-Writes ``benchmarks/results/sort_<device>.json`` and the device's section of
-``docs/benchmarks.md`` (``bench_sort`` for the CPU, ``bench_sort_cuda``).
+``batch * n > 2^22``. Median and IQR from ``Timer.blocked_autorange`` (CUDA synchronized),
+printed one line per case. Writes ``sort_<device>.json`` and the device's section of the page
+(``bench_sort`` for the CPU, ``bench_sort_cuda``) into ``--out`` (``runs/benchmarks/``), or with
+``--write`` into ``benchmarks/results/`` and ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from collections.abc import Callable
 from typing import Any
@@ -32,15 +32,18 @@ import torch
 from aot_losses.sorting import hard_sort, soft_sort
 from benchmarks.common import (
     add_output_arguments,
+    argument_parser,
     describe_machine,
     devices,
     environment,
     format_time,
-    save_json,
+    progress,
+    publish,
     section_key,
     time_it,
-    write_section,
 )
+
+__all__ = ["main", "run", "section"]
 
 METHODS = ("hard", "torch", "torchsort", "sinkhorn")
 MODES = ("forward", "forward+backward")
@@ -87,17 +90,29 @@ def case(method: str, mode: str, batch: int, n: int, device: str) -> Callable[[]
 
 
 def run(device: str, min_run_time: float) -> list[dict[str, Any]]:
+    """Every case, torchsort first within each shape and mode (the others' lines compare to it);
+    one progress line per case."""
     rows = []
+    measured_first = ("torchsort", *(m for m in METHODS if m != "torchsort"))
     for batch, n in SHAPES:
-        for method in METHODS:
-            for mode in MODES:
+        for mode in MODES:
+            what = f"sort ({batch}, {n}) float32 {'fwd' if mode == 'forward' else 'fwd+bwd'}"
+            reference: dict[str, Any] = {}
+            for method in measured_first:
                 row: dict[str, Any] = {"method": method, "mode": mode, "batch": batch, "n": n}
                 reason = skip_reason(method, mode, batch, n, device)
-                if reason is None:
-                    row.update(time_it(case(method, mode, batch, n, device), device, min_run_time))
-                else:
+                if reason is not None:
                     row["skipped"] = reason
-                print(row, flush=True)
+                    print(f"{what}: {method} skipped ({reason})", flush=True)
+                else:
+                    row.update(time_it(case(method, mode, batch, n, device), device, min_run_time))
+                    versus = ""
+                    if method == "torchsort":
+                        reference = row
+                    elif reference:
+                        ratio = row["median_s"] / reference["median_s"]
+                        versus = f"torchsort {format_time(reference['median_s'])}: {ratio:.2f}x"
+                    progress(what, method, row, versus)
                 rows.append(row)
     return rows
 
@@ -139,6 +154,7 @@ def skipped(rows: list[dict[str, Any]]) -> str:
 
 
 def section(payload: dict[str, Any]) -> str:
+    """The device's section of docs/benchmarks.md from a ``sort_<device>.json`` payload."""
     env, rows = payload["environment"], payload["results"]
     device = env["device"]
     command = f"python -m benchmarks.bench_sort --device {device}" + (
@@ -163,9 +179,13 @@ def section(payload: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--min-run-time", type=float, default=0.2)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser = argument_parser(__doc__)
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.2, help="seconds of timing per case at least"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads; None: torch's own choice"
+    )
     add_output_arguments(parser)
     args = parser.parse_args()
     if args.threads:
@@ -176,10 +196,9 @@ def main() -> None:
             "environment": {**environment(device), "regularization_strength": STRENGTH},
             "results": results,
         }
-        save_json(f"sort_{device}", payload, args.results_dir)
-        print(table(results))
-        if not args.no_docs:
-            write_section(section_key("bench_sort", device), section(payload), args.docs)
+        publish(
+            f"sort_{device}", payload, section_key("bench_sort", device), section(payload), args
+        )
 
 
 if __name__ == "__main__":

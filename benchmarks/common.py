@@ -1,4 +1,11 @@
-"""Shared benchmark plumbing: environment metadata, synchronized timing, result files."""
+"""Shared benchmark plumbing: environment metadata, synchronized timing, progress lines, result
+files and the sections of their page.
+
+A benchmark writes its JSON and its section of a copy of ``docs/benchmarks.md`` into ``--out``
+(``runs/benchmarks/`` by default, ignored by git); only with ``--write`` does it write the
+committed ``benchmarks/results/`` and ``docs/benchmarks.md``. ``python -m scripts.doc_tables``
+rebuilds the page's tables from the committed JSON without measuring anything.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +22,30 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
+__all__ = [
+    "DOCS",
+    "RESULTS",
+    "ROOT",
+    "RUNS",
+    "add_output_arguments",
+    "argument_parser",
+    "describe_machine",
+    "devices",
+    "environment",
+    "format_time",
+    "progress",
+    "publish",
+    "replace_section",
+    "save_json",
+    "section_key",
+    "time_it",
+    "write_section",
+]
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
+RUNS = ROOT / "runs" / "benchmarks"
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -64,12 +93,55 @@ def time_it(fn: Callable[[], object], device: str, min_run_time: float) -> dict[
     return {"median_s": measurement.median, "iqr_s": measurement.iqr}
 
 
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--results-dir``, ``--docs`` and ``--no-docs``, shared by the benchmarks."""
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
-    parser.add_argument("--docs", type=Path, default=DOCS, help="the page the tables go to")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the page")
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc`` whose ``--help`` shows the defaults."""
+    return argparse.ArgumentParser(
+        description=(doc or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--device`` (unless ``device`` is false), and ``--out`` or ``--write``: where the JSON and
+    the page go."""
+    if device:
+        parser.add_argument(
+            "--device",
+            choices=["cpu", "cuda", "all"],
+            default="all",
+            help="where to measure; all: the CPU, and CUDA where present",
+        )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--out",
+        type=Path,
+        default=RUNS,
+        help="folder for the JSON and for a copy of docs/benchmarks.md with this run's tables",
+    )
+    where.add_argument(
+        "--write",
+        action="store_true",
+        help=f"write the committed {RESULTS.relative_to(ROOT)}/*.json and "
+        f"{DOCS.relative_to(ROOT)} instead",
+    )
+
+
+def publish(name: str, payload: dict[str, Any], key: str, markdown: str, args: Any) -> None:
+    """Save ``payload`` as ``name``.json and ``markdown`` as the ``key`` section of the page: the
+    committed ones with ``args.write``, else in ``args.out`` (the page copied there first)."""
+    results, page = (RESULTS, DOCS) if args.write else (args.out, args.out / DOCS.name)
+    path = save_json(name, payload, results)
+    if not page.exists():
+        shutil.copyfile(DOCS, page)
+    write_section(key, markdown, page)
+    print(f"wrote {path} and the {key} section of {page}", flush=True)
+
+
+def progress(what: str, name: str, timing: dict[str, float], versus: str = "") -> None:
+    """One line per measured case, e.g. ``sort (64, 256) float32 fwd+bwd: torch 1.82 ms
+    [IQR 187 us], torchsort 1.27 ms: 1.44x`` (``versus`` is the tail after the IQR)."""
+    line = f"{what}: {name} {format_time(timing['median_s'])} [IQR {format_time(timing['iqr_s'])}]"
+    print(line + (f", {versus}" if versus else ""), flush=True)
 
 
 def devices(choice: str) -> list[str]:
@@ -93,18 +165,21 @@ def save_json(name: str, payload: dict[str, Any], results_dir: Path = RESULTS) -
     return path
 
 
-def write_section(key: str, markdown: str, path: Path = DOCS, title: str = "Benchmarks") -> None:
-    """Replace the block between ``<!-- key:begin -->`` and ``<!-- key:end -->`` in ``path``
-    (docs/benchmarks.md by default; the block is appended if absent, the file created with
-    ``title`` if missing); the rest of the file is left as it is."""
+def replace_section(text: str, key: str, markdown: str) -> str:
+    """``text`` with the block between ``<!-- key:begin -->`` and ``<!-- key:end -->`` replaced
+    by ``markdown`` (the block appended if absent)."""
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.exists() else f"# {title}\n"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+        return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def write_section(key: str, markdown: str, path: Path = DOCS, title: str = "Benchmarks") -> None:
+    """:func:`replace_section` in the file ``path`` (docs/benchmarks.md by default; created with
+    ``title`` if missing); the rest of the file is left as it is."""
+    text = path.read_text() if path.exists() else f"# {title}\n"
+    path.write_text(replace_section(text, key, markdown))
 
 
 def format_time(seconds: float) -> str:

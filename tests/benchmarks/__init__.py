@@ -1,0 +1,1 @@
+"""Tests of the benchmarks, their result files and pages, and the GPU check."""
