@@ -3,7 +3,8 @@
 :func:`check_ot_1d` (a 1-D OT cost and its gradients), :func:`check_soft_sort` (a soft sort
 and its Jacobian) and :func:`check_aot_loss` (an AOT loss). Each runs a fixed sweep of the
 smallest cases (n <= 3, every pattern of ties) and then a hypothesis property test, and raises
-``AssertionError`` with the counterexample (shrunk), the expected and the received value.
+``AssertionError`` with the counterexample (shrunk if drawn), the expected and the received
+value.
 Needs hypothesis (the extra ``[testing]``).
 """
 
@@ -245,8 +246,8 @@ def check_ot_1d(
         None when every case passes.
 
     Raises:
-        AssertionError: the shrunk counterexample, the expected and the received value (or
-            gradient).
+        AssertionError: the counterexample (shrunk if drawn), the expected and the received
+            value (or gradient).
         ValueError: bad options (``gradients=True`` with ``array="numpy"``, a callable penalty
             with ``gradients=True`` and no ``derivative``, tolerances < 0, ...).
         TypeError: options of the wrong type.
@@ -359,7 +360,8 @@ def check_soft_sort(
     the float64 PAV reference. With ``gradients=True`` (``array="torch"``) the Jacobian must
     be the reference's (per block B of the sorted values: 1 / |B| for l2, softmax_B(-a) for
     kl, times the sorting permutation; columns of tied values summed), except next to a block
-    boundary where it jumps.
+    boundary where it jumps. The cases: first a fixed sweep (every pattern of ties of n <= 3
+    values at strengths 0.5, 1, 2, 10), then ``max_examples`` drawn ones.
 
     Args:
         candidate: the soft sort under test, called as ``candidate(x, s)``.
@@ -377,7 +379,7 @@ def check_soft_sort(
         None when every case passes.
 
     Raises:
-        AssertionError: the property that fails, the shrunk case, expected and got.
+        AssertionError: the property that fails, the case (shrunk if drawn), expected and got.
         ValueError, TypeError: bad options.
 
     Example:
@@ -512,7 +514,9 @@ def check_aot_loss(
     ``weights=`` (paired) or ``chosen_weights=`` and ``rejected_weights=`` (unpaired) as
     keywords, the names of :func:`aot_losses.aot_paired_loss` and
     :func:`aot_losses.aot_unpaired_loss`; so those functions, with the default options, are
-    candidates as they are. Tolerance: ``math.isclose`` with ``rtol``, ``atol``.
+    candidates as they are. Tolerance: ``math.isclose`` with ``rtol``, ``atol``. The cases:
+    first a fixed sweep (margins from every two patterns of ties of n, m <= 3 values, in
+    opposite orders; weighted too with ``weights``), then ``max_examples`` drawn ones.
 
     Args:
         candidate: the loss under test.
@@ -533,7 +537,7 @@ def check_aot_loss(
         None when every case passes.
 
     Raises:
-        AssertionError: the shrunk counterexample, expected and got.
+        AssertionError: the counterexample (shrunk if drawn), expected and got.
         ValueError, TypeError: bad options.
 
     Example:
