@@ -34,6 +34,9 @@ MODULES = (
     "aot_losses.sorting",
     "aot_losses.distributed",
     "aot_losses.testing",
+    "aot_losses.testing.oracles",
+    "aot_losses.testing.strategies",
+    "aot_losses.testing.checkers",
     "aot_losses.integrations",
     "aot_losses.integrations.trl",
 )
