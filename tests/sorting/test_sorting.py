@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from aot_losses import _validation, ot_1d
+from aot_losses import _validation, aot_paired_loss, ot_1d
 from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
 from aot_losses.testing import reference_soft_rank, reference_soft_sort
 
@@ -651,6 +651,58 @@ def test_sinkhorn_gradcheck(targets: str) -> None:
     assert torch.autograd.gradcheck(
         lambda t: _sinkhorn(t, epsilon=1.0, max_iter=100000, tol=1e-13, targets=targets), (x,)
     )
+
+
+#: Small inputs whose Sinkhorn iterations converge (the implicit gradient is that of the fixed
+#: point). At small epsilon the plans of most are permutations up to rounding: the implicit
+#: system is singular in float64, and the backward raised ``linalg.solve: singular`` on the 10
+#: marked ``singular`` before it solved it by a pseudo-inverse.
+SINKHORN_SMALL = [
+    *[([0.0, 1.0], eps, "sorted") for eps in (1.0, 0.1, 0.01, 1e-3)],  # singular below 1
+    *[([1.0, 0.0], eps, "sorted") for eps in (0.1, 0.03, 0.01, 1e-3)],  # singular
+    ([0.0, 1.0], 0.03, "sorted"),  # singular
+    ([0.0, 1.0], 1e-3, "grid"),  # singular
+    ([1.0, 0.0], 1e-3, "grid"),  # singular
+    ([0.0, 1.0], 1.0, "grid"),
+    ([0.0, 1.0, 3.0], 1.0, "sorted"),
+    ([0.0, 1.0, 3.0], 0.01, "sorted"),
+    ([3.0, 0.0, 1.0], 0.1, "grid"),
+    ([0.0, 1.0, 2.0], 0.03, "sorted"),
+    ([-1.0, 0.0, 5.0], 0.1, "grid"),
+    ([0.3, -1.2, 2.0, 0.9], 1.0, "sorted"),
+    ([0.3, -1.2, 2.0, 0.9], 0.03, "grid"),
+    ([2.0, -1.0, 0.0, 7.0], 1e-3, "sorted"),
+    ([5.0, -3.0, 0.5, 0.0, 1.0], 0.03, "sorted"),
+    ([5.0, -3.0, 0.5, 0.0, 1.0], 1.0, "grid"),
+]
+
+
+@pytest.mark.parametrize(("x", "epsilon", "targets"), SINKHORN_SMALL)
+def test_sinkhorn_gradient_equals_finite_differences_at_small_epsilon(
+    x: list[float], epsilon: float, targets: str
+) -> None:
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: _sinkhorn(t, epsilon=epsilon, max_iter=3000, tol=1e-12, targets=targets), (t,)
+    )
+
+
+def test_sinkhorn_backward_at_the_default_strength() -> None:
+    """The reported cases: the last output of ``[0, 1]`` at epsilon 0.1 (the plan is the
+    identity up to 1e-17: the gradient is the hard sort's, ``(0, 1)``), and the paired AOT loss
+    of batch 2 through the Sinkhorn soft sort at its default strength 0.1."""
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    _sinkhorn(x, epsilon=0.1)[-1].backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    logps = [torch.tensor(pair, dtype=torch.float64) for pair in ([-3.0, -5.0], [-6.0, -4.0])]
+    policy = [t.clone().requires_grad_() for t in logps]
+
+    def loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+        return aot_paired_loss(
+            chosen, rejected, logps[0] - 1, logps[1] + 1, sort="soft", sort_backend="sinkhorn"
+        )
+
+    assert torch.autograd.gradcheck(loss, policy)
 
 
 def test_sinkhorn_layout_dtype_and_defaults() -> None:
