@@ -190,4 +190,5 @@ def _adjoint(plan: Tensor, u: Tensor) -> Tensor:
     kept = values > n * torch.finfo(plan.dtype).eps
     coefficients = (vectors.transpose(-1, -2) @ u.unsqueeze(-1)).squeeze(-1)
     coefficients = torch.where(kept, coefficients / torch.where(kept, values, 1), 0)
-    return (vectors @ coefficients.unsqueeze(-1)).squeeze(-1)
+    lam: Tensor = (vectors @ coefficients.unsqueeze(-1)).squeeze(-1)
+    return lam

@@ -6,17 +6,21 @@ its own file."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 import aot_losses
-from aot_losses import SoftSort, aot_paired_loss, aot_unpaired_loss, ot_1d
+import aot_losses.losses
+import aot_losses.ot
+from aot_losses import SoftSort, aot_paired_loss, aot_unpaired_loss, ot_1d, soft_rank, soft_sort
 from aot_losses.baselines import dpo_loss, ipo_loss, kto_loss, slic_loss
 from aot_losses.nn import (
     AOTPairedLoss,
@@ -26,6 +30,8 @@ from aot_losses.nn import (
     KTOLoss,
     SLiCLoss,
 )
+from aot_losses.ot import SortKind
+from aot_losses.sorting import Backend, Regularization
 
 from ..helpers import TOLERANCES, assert_close, random_logps
 
@@ -236,3 +242,30 @@ def test_every_loss_is_under_the_contract() -> None:
     public = {getattr(aot_losses.nn, name) for name in aot_losses.nn.__all__}
     assert modules == public
     assert set(TOLERANCES) == {torch.float64, torch.float32, torch.bfloat16, torch.float16}
+
+
+def test_one_vocabulary_for_the_options() -> None:
+    """``Backend`` and ``Regularization`` (:mod:`aot_losses.sorting`) and ``SortKind``
+    (:mod:`aot_losses.ot`, inside ``SortLike``) are defined once and name every option that
+    takes them; the keywords of ``ot_1d`` and the losses become options in one call."""
+    spelled = {
+        "regularization": "Regularization",
+        "sort_backend": "Backend",
+        "sort": "SortLike",
+    }
+    functions = [aot_paired_loss, aot_unpaired_loss, ot_1d, soft_sort, soft_rank, SoftSort]
+    for function in functions:
+        for name, parameter in inspect.signature(function).parameters.items():
+            if name in spelled:
+                assert parameter.annotation == spelled[name], (function, name)
+    assert inspect.signature(soft_sort).parameters["backend"].annotation == "Backend"
+    assert get_args(Backend) == ("torch", "torchsort", "sinkhorn")
+    assert get_args(Regularization) == ("l2", "kl")
+    assert get_args(SortKind) == ("hard", "soft")
+    calls = [
+        node
+        for module in (aot_losses.ot, aot_losses.losses, aot_losses.nn)
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "resolve_options"
+    ]
+    assert len(calls) == 1
