@@ -24,6 +24,7 @@ it directly, in ``O(n)`` memory, as differentiable functions of ``x`` (exact sec
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
@@ -43,33 +44,50 @@ __all__ = [
     "ACCELERATOR_SCHEDULE",
     "CHEAP_READ_SCHEDULE",
     "TIE_PASSES",
+    "ReadSchedule",
     "Regularization",
+    "default_schedule",
     "isotonic_soft_sort",
-    "reads_are_cheap",
     "solve",
 ]
 
 Regularization = Literal["l2", "kl"]
 
-#: Passes of parallel PAV between two reads of "settled?" on the host, before the bounded hull
-#: merge takes over (a read is a device synchronization on an accelerator). Where reads are
-#: cheap (CPU): a read before every pass, 31 passes in all.
-CHEAP_READ_SCHEDULE = (0,) + (1,) * 31
+
+@dataclass(frozen=True)
+class ReadSchedule:
+    """When the solver reads "settled?" on the host (a device synchronization on an
+    accelerator).
+
+    ``passes[k]`` passes of parallel PAV run before the ``k``-th read; when the reads are over
+    and the blocks are not settled, the bounded hull merge takes over. ``cheap``: a read costs
+    nothing much (no device to wait for), so the solver reads before the first pass, returns
+    at once when nothing pools and works on the rows that pool only.
+    """
+
+    passes: tuple[int, ...]
+    cheap: bool
+
+
+#: Where reads are cheap (CPU): a read before every pass, 31 passes in all.
+CHEAP_READ_SCHEDULE = ReadSchedule((0,) + (1,) * 31, cheap=True)
 #: On an accelerator: reads before any pass (nothing pools: the common case), then after 2, 6,
 #: 14 and 30 passes; at most 5 reads instead of one per pass.
-ACCELERATOR_SCHEDULE = (0, 2, 4, 8, 16)
+ACCELERATOR_SCHEDULE = ReadSchedule((0, 2, 4, 8, 16), cheap=False)
 #: Passes of parallel PAV after the hull merge, without reads, to pool blocks whose values are
 #: equal up to rounding.
 TIE_PASSES = 8
 
 
-def reads_are_cheap(device: torch.device) -> bool:
-    """Whether reading a tensor value on the host costs nothing much (no device to wait for):
-    then the solver reads after every pass and works on the rows that pool only."""
-    return device.type == "cpu"
+def default_schedule(device: torch.device) -> ReadSchedule:
+    """The schedule of host reads for ``device``: :data:`CHEAP_READ_SCHEDULE` on the CPU,
+    :data:`ACCELERATOR_SCHEDULE` elsewhere."""
+    return CHEAP_READ_SCHEDULE if device.type == "cpu" else ACCELERATOR_SCHEDULE
 
 
-def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+def solve(
+    problem: IsotonicProblem, a: Tensor, schedule: ReadSchedule
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Soft sort or soft rank of the ascending rows ``a`` (B, n): ``(values, weight, block)``.
 
     ``values`` are in sorted position order (ranks included); ``weight`` is the per-position
@@ -77,26 +95,23 @@ def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor |
     ``block`` is the row-local index of the block of every position (``None``: singletons).
     Block statistics are accumulated in float64, whatever the input precision.
 
-    Host reads: on the CPU, after every pass (:data:`CHEAP_READ_SCHEDULE`), and only the rows
-    where something pools are worked on. On an accelerator, by :data:`ACCELERATOR_SCHEDULE`:
-    1 read when nothing pools, 2 when two passes settle the blocks, at most 5 for the passes,
+    Host reads, by ``schedule``: with :data:`CHEAP_READ_SCHEDULE` (CPU), after every pass, and
+    only the rows where something pools are worked on. With :data:`ACCELERATOR_SCHEDULE`: 1
+    read when nothing pools, 2 when two passes settle the blocks, at most 5 for the passes,
     plus 1 (the number of blocks) when the hull merge runs; nothing else reads.
     """
     data = problem.block_data(a.to(torch.float64))
     violating = violating_pairs(problem, singleton_blocks(data))
-    cheap_reads = reads_are_cheap(a.device)
-    if cheap_reads and not bool(violating.any()):  # no pooling: the hard sort, or ranks 1 .. n
+    if schedule.cheap and not bool(violating.any()):  # no pooling: the hard sort, or 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
     starts = torch.cat([violating.new_ones(violating.shape[0], 1), ~violating], 1)
-    if not cheap_reads:
-        return _solve_rows(problem, a, data, starts, ACCELERATOR_SCHEDULE)
+    if not schedule.cheap:
+        return _solve_rows(problem, a, data, starts, schedule.passes)
     pooling = violating.any(1).nonzero()[:, 0]
     if len(pooling) == len(a):
-        return _solve_rows(problem, a, data, starts, CHEAP_READ_SCHEDULE)
+        return _solve_rows(problem, a, data, starts, schedule.passes)
     a_rows, data_rows, starts_rows = (t.index_select(0, pooling) for t in (a, data, starts))
-    values, weight, block = _solve_rows(
-        problem, a_rows, data_rows, starts_rows, CHEAP_READ_SCHEDULE
-    )
+    values, weight, block = _solve_rows(problem, a_rows, data_rows, starts_rows, schedule.passes)
     every = torch.arange(a.shape[1], device=a.device).expand(a.shape)
     return (
         _hard(problem, a).index_copy(0, pooling, values),
@@ -152,9 +167,15 @@ def _closed_form(
 
 
 def _forward(
-    x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
+    x: Tensor,
+    strength: float,
+    regularization: str,
+    rank: bool,
+    finite: bool,
+    schedule: ReadSchedule | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`solve`.
+    """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`solve`
+    (``schedule``: None, the device's :func:`default_schedule`).
 
     Ties are broken as torchsort breaks them (``torch.sort(-x, descending=True)``), so the
     gradients agree with it on tied inputs too. Rows holding NaN or infinity give NaN rows
@@ -166,7 +187,7 @@ def _forward(
         finite_rows = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
         values = torch.where(finite_rows, values, 0)  # solved as zeros, then set to NaN
     problem = IsotonicProblem("rank" if rank else "sort", regularization, strength)
-    out, weight, block = solve(problem, -values)
+    out, weight, block = solve(problem, -values, schedule or default_schedule(x.device))
     if finite_rows is not None:
         out = torch.where(finite_rows, out, math.nan)
         weight = torch.where(finite_rows, weight, math.nan)
@@ -250,21 +271,20 @@ def _block_sums(g: Tensor, block: Tensor) -> Tensor:
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, strength, regularization, rank, _ = inputs
+    x, strength, regularization, rank = inputs[:4]
     out, perm, block, weight = output
     ctx.mark_non_differentiable(perm, block, weight)
     ctx.save_for_backward(x, out, perm, block, weight)
     ctx.save_for_forward(x, out, perm, block, weight)
     ctx.params = (strength, regularization, rank)
+    ctx.options = len(inputs) - 1  # the inputs after x: they get no gradient
     ctx.set_materialize_grads(False)  # perm, block and weight get no gradient: no zeros for them
 
 
-def _saved_backward(
-    ctx: Any, grad: Tensor | None, *_: Any
-) -> tuple[Tensor | None, None, None, None, None]:
-    if grad is None:
-        return None, None, None, None, None
-    return _backward(grad, ctx.saved_tensors, *ctx.params), None, None, None, None
+def _saved_backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+    grad_x = None if grad is None else _backward(grad, ctx.saved_tensors, *ctx.params)
+    options: int = ctx.options
+    return (grad_x,) + (None,) * options
 
 
 def _saved_jvp(ctx: Any, tangent: Tensor, *_: Any) -> tuple[Tensor, None, None, None]:
@@ -295,9 +315,14 @@ class _IsotonicFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
+        x: Tensor,
+        strength: float,
+        regularization: str,
+        rank: bool,
+        finite: bool,
+        schedule: ReadSchedule | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out, perm, block, weight = _forward(x, strength, regularization, rank, finite)
+        out, perm, block, weight = _forward(x, strength, regularization, rank, finite, schedule)
         return out, perm, perm.new_empty(0) if block is None else block, weight
 
     setup_context = staticmethod(_setup_context)
@@ -341,18 +366,28 @@ def _isotonic_vmap(
 
 
 def isotonic_soft_sort(
-    x: Tensor, strength: float, regularization: str, *, rank: bool, finite: bool = False
+    x: Tensor,
+    strength: float,
+    regularization: str,
+    *,
+    rank: bool,
+    finite: bool = False,
+    schedule: ReadSchedule | None = None,
 ) -> Tensor:
     """Ascending soft sort (or soft rank) of the rows of a 2-D floating tensor ``x``.
 
     float16 and bfloat16 are computed in float32 and cast back. No argument checks: the public
     :func:`aot_losses.soft_sort` and :func:`aot_losses.soft_rank` do them (``finite``: they
-    have checked that ``x`` holds no NaN or infinity). A meta tensor gives a meta tensor of the
-    right shape (no values are computed: shape propagation, as torch's own ops on meta).
+    have checked that ``x`` holds no NaN or infinity). ``schedule``: the host reads of the
+    solver (:class:`ReadSchedule`); None, or under ``torch.compile``, the device's
+    :func:`default_schedule`. A meta tensor gives a meta tensor of the right shape (no values
+    are computed: shape propagation, as torch's own ops on meta).
     """
     compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
     # the custom op has a fake (shape-only) kernel: it also serves meta tensors
-    custom = torch.compiler.is_compiling() or x.device.type == "meta"
-    entry = _isotonic_op if custom else _IsotonicFunction.apply
-    out: Tensor = entry(compute, strength, regularization, rank, finite)[0]  # type: ignore[no-untyped-call]
+    if torch.compiler.is_compiling() or x.device.type == "meta":
+        outs = _isotonic_op(compute, strength, regularization, rank, finite)
+    else:
+        outs = _IsotonicFunction.apply(compute, strength, regularization, rank, finite, schedule)  # type: ignore[no-untyped-call]
+    out: Tensor = outs[0]
     return out.to(x.dtype)

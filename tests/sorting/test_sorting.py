@@ -4,19 +4,19 @@ The pure-PyTorch backend is checked against an independent pure-Python PAV writt
 torchsort's conventions (``aot_losses.testing.reference_soft_sort`` / ``reference_soft_rank``),
 against torchsort itself (float64, values and gradients), and for every soft-sort invariant
 listed in DESIGN.md. Both stages of its solver are exercised: the parallel
-PAV passes (default) and the divide-and-conquer hull merge (forced by ``_stage("hull")``).
+PAV passes (default) and the divide-and-conquer hull merge (forced by a schedule without passes:
+``_soft(rank, "hull")``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,37 +26,22 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from aot_losses import _validation, aot_paired_loss, ot_1d
-from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
+from aot_losses.sorting import hard_sort, soft_rank, soft_sort
+from aot_losses.sorting._isotonic import ACCELERATOR_SCHEDULE, ReadSchedule, isotonic_soft_sort
 from aot_losses.testing import reference_soft_rank, reference_soft_sort
 
 from ..helpers import TOLERANCES, assert_close
 
-STAGES = ("passes", "hull", "accelerator")
+#: The solver's stages: its schedule of host reads by device (parallel PAV passes, the hull merge
+#: when they do not settle), the hull merge alone (no pass before it) and the accelerator's
+#: schedule (forced on the CPU too).
+STAGES: dict[str, ReadSchedule | None] = {
+    "passes": None,
+    "hull": ReadSchedule((), cheap=True),
+    "accelerator": ACCELERATOR_SCHEDULE,
+}
 REGS = ("l2", "kl")
 SoftFn = Callable[..., torch.Tensor]
-
-
-@contextlib.contextmanager
-def _stage(stage: str) -> Iterator[None]:
-    """Run the torch backend with its default solver, with the hull merge only (no PAV pass),
-    or with the accelerator's schedule of host reads (on the CPU)."""
-    saved = (
-        _isotonic.CHEAP_READ_SCHEDULE,
-        _isotonic.ACCELERATOR_SCHEDULE,
-        _isotonic.reads_are_cheap,
-    )
-    if stage == "hull":
-        _isotonic.CHEAP_READ_SCHEDULE = _isotonic.ACCELERATOR_SCHEDULE = ()
-    elif stage == "accelerator":
-        _isotonic.reads_are_cheap = lambda device: False
-    try:
-        yield
-    finally:
-        (
-            _isotonic.CHEAP_READ_SCHEDULE,
-            _isotonic.ACCELERATOR_SCHEDULE,
-            _isotonic.reads_are_cheap,
-        ) = saved
 
 
 def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -70,14 +55,29 @@ def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.tan(math.pi * (u - 0.5)).clamp(-20, 20)
 
 
-def _soft(rank: bool) -> SoftFn:
-    return soft_rank if rank else soft_sort
+def _soft(rank: bool, stage: str = "passes") -> SoftFn:
+    """:func:`soft_rank` or :func:`soft_sort`; for another stage than ``"passes"``, the solver
+    itself with that stage's schedule, on the rows along the last dimension."""
+    schedule = STAGES[stage]
+    if schedule is None:
+        return soft_rank if rank else soft_sort
+
+    def solver(
+        x: torch.Tensor, *, regularization: str = "l2", regularization_strength: float = 1.0
+    ) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = isotonic_soft_sort(
+            rows, regularization_strength, regularization, rank=rank, schedule=schedule
+        )
+        return out.reshape(x.shape)
+
+    return solver
 
 
 # --------------------------------------------------------------------------- oracles
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("data", ["random", "ties", "heavy"])
@@ -86,15 +86,14 @@ def test_matches_reference_pav(
 ) -> None:
     for n, s in [(1, 1.0), (2, 0.3), (5, 1.0), (33, 0.3), (33, 4.0)]:
         x = _inputs(data, (3, n), seed=n).to(device)
-        with _stage(stage):
-            out = _soft(rank)(x, regularization=reg, regularization_strength=s)
+        out = _soft(rank, stage)(x, regularization=reg, regularization_strength=s)
         reference = reference_soft_rank if rank else reference_soft_sort
         expected = [reference(row, s, reg).tolist() for row in x.cpu()]
         assert out.device == x.device
         assert_close(out.cpu(), torch.tensor(expected, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("data", ["random", "ties", "heavy"])
@@ -107,8 +106,7 @@ def test_matches_torchsort_float64(
     for n, s in [(1, 1.0), (7, 1.0), (300, 0.1), (300, 1.0), (300, 10.0)]:
         x = _inputs(data, (4, n), seed=n + int(s * 10)).to(device)
         mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-        with _stage(stage):
-            out = _soft(rank)(mine, regularization=reg, regularization_strength=s)
+        out = _soft(rank, stage)(mine, regularization=reg, regularization_strength=s)
         expected = reference(theirs, regularization=reg, regularization_strength=s)
         gen = torch.Generator().manual_seed(n)
         upstream = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(device)
@@ -124,15 +122,14 @@ _rows = st.lists(
     st.floats(-100, 100, allow_nan=False, allow_subnormal=False), min_size=1, max_size=40
 )
 _strengths = st.floats(0.01, 100)
-_stages = st.sampled_from(STAGES)
+_stages = st.sampled_from(list(STAGES))
 
 
 @settings(max_examples=60, deadline=None)
 @given(_rows, _strengths, _stages)
 def test_l2_sort_monotone_sum_majorization(row: list[float], s: float, stage: str) -> None:
     x = torch.tensor(row, dtype=torch.float64)
-    with _stage(stage):
-        out = soft_sort(x, regularization_strength=s)
+    out = _soft(False, stage)(x, regularization_strength=s)
     hard = torch.sort(x).values
     tol = 1e-9 * (1 + x.abs().max().item()) * len(row)
     assert bool((out[1:] - out[:-1] >= -tol).all())
@@ -150,8 +147,7 @@ def test_l2_sort_is_hard_sort_iff_strength_below_inverse_largest_gap(
     x = torch.tensor(row, dtype=torch.float64)
     hard = torch.sort(x).values
     largest_gap = (hard[1:] - hard[:-1]).max().item() if len(row) > 1 else 0.0
-    with _stage(stage):
-        out = soft_sort(x, regularization_strength=s)
+    out = _soft(False, stage)(x, regularization_strength=s)
     if s * largest_gap <= 1 - 1e-9:
         torch.testing.assert_close(out, hard, rtol=0, atol=1e-9 * (1 + x.abs().max().item()))
     elif s * largest_gap > 1 + 1e-6:
@@ -167,8 +163,7 @@ def test_l2_sort_closed_form_for_large_strength(row: list[float], stage: str) ->
     # full pooling iff every prefix of the closed form dominates the sorted prefix sums
     slack = k * x.mean() - a.cumsum(0)[:-1]
     s = 2 * float((k * (n - k) / (2 * slack.clamp_min(1e-300))).max())
-    with _stage(stage):
-        out = soft_sort(x, regularization_strength=s)
+    out = _soft(False, stage)(x, regularization_strength=s)
     expected = x.mean() + (torch.arange(1, n + 1, dtype=torch.float64) - (n + 1) / 2) / s
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9 * (1 + x.abs().max().item()))
 
@@ -200,15 +195,14 @@ def test_shift_scale_and_permutation(
     x = torch.tensor(row, dtype=torch.float64)
     if reg == "kl":
         x = x / 10  # keep exp(x / s) in range
-    fn = _soft(rank)
+    fn = _soft(rank, stage)
     perm = list(range(len(row)))
     rnd.shuffle(perm)
-    with _stage(stage):
-        out = fn(x, regularization=reg, regularization_strength=s)
-        shuffled = fn(x[perm], regularization=reg, regularization_strength=s)
-        shifted = fn(x + c, regularization=reg, regularization_strength=s)
-        scaled = fn(scale * x, regularization_strength=s * scale if rank else s / scale)
-        plain = fn(x, regularization_strength=s)
+    out = fn(x, regularization=reg, regularization_strength=s)
+    shuffled = fn(x[perm], regularization=reg, regularization_strength=s)
+    shifted = fn(x + c, regularization=reg, regularization_strength=s)
+    scaled = fn(scale * x, regularization_strength=s * scale if rank else s / scale)
+    plain = fn(x, regularization_strength=s)
     atol = 1e-9 * (1 + abs(c) + scale) * (1 + x.abs().max().item() + len(row) / s) * len(row)
     close = {"rtol": 1e-9, "atol": atol}
     torch.testing.assert_close(shuffled, out[perm] if rank else out, **close)
@@ -222,10 +216,9 @@ def test_l2_sort_jacobian_is_block_averaging_times_permutation(
     row: list[float], s: float, stage: str
 ) -> None:
     x = torch.tensor(row, dtype=torch.float64)
-    with _stage(stage):
-        jac = torch.autograd.functional.jacobian(
-            lambda t: soft_sort(t, regularization_strength=s), x
-        )
+    jac = torch.autograd.functional.jacobian(
+        lambda t: _soft(False, stage)(t, regularization_strength=s), x
+    )
     ones = torch.ones(len(row), dtype=torch.float64)
     torch.testing.assert_close(jac @ ones, ones)  # rows sum to 1
     torch.testing.assert_close(ones @ jac, ones)  # columns sum to 1
@@ -248,14 +241,13 @@ def test_rank_properties(row: list[float], s: float, reg: str, stage: str) -> No
     n = len(row)
     order = torch.argsort(x)
     gaps = x[order][1:] - x[order][:-1]
-    with _stage(stage):
-        r = soft_rank(x, regularization=reg, regularization_strength=s)
-        if n == 1 or gaps.min() > 0:
-            fine = 1e-3 * (gaps.min().item() if n > 1 else 1.0)
-            hard = soft_rank(x, regularization=reg, regularization_strength=fine)
-            expected = torch.empty(n, dtype=torch.float64)
-            expected[order] = torch.arange(1, n + 1, dtype=torch.float64)
-            torch.testing.assert_close(hard, expected)
+    r = _soft(True, stage)(x, regularization=reg, regularization_strength=s)
+    if n == 1 or gaps.min() > 0:
+        fine = 1e-3 * (gaps.min().item() if n > 1 else 1.0)
+        hard = _soft(True, stage)(x, regularization=reg, regularization_strength=fine)
+        expected = torch.empty(n, dtype=torch.float64)
+        expected[order] = torch.arange(1, n + 1, dtype=torch.float64)
+        torch.testing.assert_close(hard, expected)
     assert abs(r.sum().item() - n * (n + 1) / 2) <= 1e-9 * n * n
     assert bool((r[order][1:] - r[order][:-1] >= -1e-9 * n).all())
 
@@ -264,27 +256,26 @@ def test_rank_properties(row: list[float], s: float, reg: str, stage: str) -> No
 @given(_rows, _strengths, _stages)
 def test_kl_sort_is_monotone(row: list[float], s: float, stage: str) -> None:
     x = torch.tensor(row, dtype=torch.float64) / 10
-    with _stage(stage):
-        out = soft_sort(x, regularization="kl", regularization_strength=s)
+    out = _soft(False, stage)(x, regularization="kl", regularization_strength=s)
     assert bool((out[1:] - out[:-1] >= -1e-9).all())
 
 
 # --------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 def test_gradcheck(stage: str, reg: str, rank: bool, device: torch.device) -> None:
     x = _inputs("random", (2, 7), seed=3).to(device).requires_grad_()
     for s in (0.3, 1.0, 5.0):
-        with _stage(stage):
-            assert torch.autograd.gradcheck(
-                lambda t, s=s: _soft(rank)(t, regularization=reg, regularization_strength=s), (x,)
-            )
+        assert torch.autograd.gradcheck(
+            lambda t, s=s: _soft(rank, stage)(t, regularization=reg, regularization_strength=s),
+            (x,),
+        )
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 def test_second_derivatives_are_exact(
@@ -297,18 +288,17 @@ def test_second_derivatives_are_exact(
     for s in (0.3, 1.0, 5.0):
 
         def fn(t: torch.Tensor, s: float = s) -> torch.Tensor:
-            return _soft(rank)(t, regularization=reg, regularization_strength=s)
+            return _soft(rank, stage)(t, regularization=reg, regularization_strength=s)
 
         def scalar(t: torch.Tensor, fn: SoftFn = fn) -> torch.Tensor:
             return (fn(t) * weights).sum()
 
-        with _stage(stage):
-            assert torch.autograd.gradgradcheck(fn, (x,))
-            torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.func.jacrev(fn)(x))
-            row = x[0].detach()
-            torch.testing.assert_close(
-                torch.func.hessian(scalar)(row), torch.autograd.functional.hessian(scalar, row)
-            )
+        assert torch.autograd.gradgradcheck(fn, (x,))
+        torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.func.jacrev(fn)(x))
+        row = x[0].detach()
+        torch.testing.assert_close(
+            torch.func.hessian(scalar)(row), torch.autograd.functional.hessian(scalar, row)
+        )
 
 
 def test_kl_hessian_row_matches_finite_differences() -> None:
@@ -390,15 +380,13 @@ def test_hull_merge_at_scale_is_bounded_and_accurate(one_thread: None, data: str
         x[0, 7] = 1e6
     else:
         x = _inputs("heavy", (1, n), seed=1).float()
-    with _stage("passes"):
-        start = time.perf_counter()
-        out = soft_sort(x, regularization_strength=0.1)
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    out = soft_sort(x, regularization_strength=0.1)
+    elapsed = time.perf_counter() - start
     ref = soft_sort(x.double(), regularization_strength=0.1)
     assert elapsed < 120
     assert (out.double() - ref).abs().max().item() <= 1e-5 * (1 + x.abs().max().item())
-    with _stage("hull"):
-        torch.testing.assert_close(soft_sort(x.double(), regularization_strength=0.1), ref)
+    torch.testing.assert_close(_soft(False, "hull")(x.double(), regularization_strength=0.1), ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -810,8 +798,8 @@ def test_accelerator_schedule_bounds_the_host_reads(
         x = x.clone().to(device)
         x[-1, 0] = math.nan  # a non-finite row costs no read
         x.requires_grad_()
-        with _stage("accelerator"), _HostReads() as forward:
-            out = _soft(rank)(x, regularization=reg, regularization_strength=s)
+        with _HostReads() as forward:
+            out = _soft(rank, "accelerator")(x, regularization=reg, regularization_strength=s)
         assert forward.count <= 6, (s, forward.count)
         if reads is not None and not rank:
             assert forward.count == reads, (s, forward.count)
