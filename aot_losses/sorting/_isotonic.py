@@ -100,18 +100,18 @@ def solve(
     read when nothing pools, 2 when two passes settle the blocks, at most 5 for the passes,
     plus 1 (the number of blocks) when the hull merge runs; nothing else reads.
     """
-    data = problem.block_data(a.to(torch.float64))
-    violating = violating_pairs(problem, singleton_blocks(data))
+    exact = a.to(torch.float64)
+    violating = violating_pairs(problem, singleton_blocks(exact))
     if schedule.cheap and not bool(violating.any()):  # no pooling: the hard sort, or 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
     starts = torch.cat([violating.new_ones(violating.shape[0], 1), ~violating], 1)
     if not schedule.cheap:
-        return _solve_rows(problem, a, data, starts, schedule.passes)
+        return _solve_rows(problem, exact, starts, schedule.passes, a.dtype)
     pooling = violating.any(1).nonzero()[:, 0]
     if len(pooling) == len(a):
-        return _solve_rows(problem, a, data, starts, schedule.passes)
-    a_rows, data_rows, starts_rows = (t.index_select(0, pooling) for t in (a, data, starts))
-    values, weight, block = _solve_rows(problem, a_rows, data_rows, starts_rows, schedule.passes)
+        return _solve_rows(problem, exact, starts, schedule.passes, a.dtype)
+    exact_rows, starts_rows = (t.index_select(0, pooling) for t in (exact, starts))
+    values, weight, block = _solve_rows(problem, exact_rows, starts_rows, schedule.passes, a.dtype)
     every = torch.arange(a.shape[1], device=a.device).expand(a.shape)
     return (
         _hard(problem, a).index_copy(0, pooling, values),
@@ -121,15 +121,21 @@ def solve(
 
 
 def _solve_rows(
-    problem: IsotonicProblem, a: Tensor, data: Tensor, starts: Tensor, schedule: tuple[int, ...]
+    problem: IsotonicProblem,
+    a: Tensor,
+    starts: Tensor,
+    schedule: tuple[int, ...],
+    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`solve` of the rows ``a`` from the blocks beginning at ``starts``: parallel PAV
-    by ``schedule``, then, if that did not settle them, the hull merge and the tie passes."""
-    starts, blocks, settled = pool_violators(problem, data, starts, schedule)
+    """:func:`solve` of the float64 rows ``a`` from the blocks beginning at ``starts``: parallel
+    PAV by ``schedule``, then, if that did not settle them, the hull merge and the tie passes;
+    values and weights in ``dtype``."""
+    starts, blocks, settled = pool_violators(problem, a, starts, schedule)
     if not settled:
-        starts = hull_block_starts(problem, data, starts)
-        _, blocks, _ = pool_violators(problem, data, starts, (TIE_PASSES,), read_last=False)
-    return _closed_form(problem, a, data, blocks)
+        starts = hull_block_starts(problem, a, starts)
+        _, blocks, _ = pool_violators(problem, a, starts, (TIE_PASSES,), read_last=False)
+    values, weight, block = _closed_form(problem, a, blocks)
+    return values.to(dtype), weight.to(dtype), block
 
 
 def _hard(problem: IsotonicProblem, a: Tensor) -> Tensor:
@@ -140,30 +146,32 @@ def _hard(problem: IsotonicProblem, a: Tensor) -> Tensor:
 
 
 def _closed_form(
-    problem: IsotonicProblem, a: Tensor, data: Tensor, blocks: Blocks
+    problem: IsotonicProblem, a: Tensor, blocks: Blocks
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(values, weight, block)`` of :func:`solve` from the final blocks, by the closed form
-    of each block."""
-    statistic, lo, hi, block = blocks.per_position()
+    """``(values, weight, block)`` of :func:`solve` from the final blocks of the float64 rows
+    ``a``, by the closed form of each block, from the offsets ``a - r`` of the values from
+    their block's reference (exact for ties: the mean of three 0.1 is not 0.1 in floating
+    point, and at small ``s`` the rank divides that rounding by ``s``)."""
+    statistic, lo, hi, reference, block = blocks.per_position()
     size = hi - lo
     i = unit_ranges(a.shape[1], a.device)[0]  # the positions 0 .. n - 1
     s = problem.strength
     if not problem.log_sum_exp:
-        mean = statistic / size
+        mean = statistic / size  # of the offsets
         center = (lo + hi - 1) / 2
-        values = mean + (i - center) / s if problem.kind == "sort" else center + 1 + (a - mean) / s
-        weight = 1 / size
-    else:
-        weight = torch.exp(data - statistic)
         if problem.kind == "sort":
-            one = lo.new_ones(1)
-            offset = cast(Tensor, problem.bounded_position(lo, hi)) - cast(
-                Tensor, problem.bounded_position(one, 2 * one)
-            )
-            values = -statistic + (i - lo) / s + offset
+            values = reference + mean + (i - center) / s
         else:
-            values = weight * size * (lo + hi + 1) / 2
-    return values.to(a.dtype), weight.to(a.dtype), block
+            values = center + 1 + ((a - reference) - mean) / s
+        return values, 1 / size, block
+    weight = torch.exp(problem.block_data(a - reference) - statistic)  # the block's softmax
+    if problem.kind == "rank":
+        return weight * size * (lo + hi + 1) / 2, weight, block
+    one = lo.new_ones(1)
+    offset = cast(Tensor, problem.bounded_position(lo, hi)) - cast(
+        Tensor, problem.bounded_position(one, 2 * one)
+    )
+    return reference - statistic + (i - lo) / s + offset, weight, block
 
 
 def _forward(
@@ -210,7 +218,10 @@ def _jacobian_weight(
         return weight
     rows, n = x.shape
     ids = (block + torch.arange(0, rows * n, n, device=x.device)[:, None]).view(-1)
-    data = problem.block_data(x.gather(1, perm).to(torch.float64)).reshape(-1)
+    a = x.gather(1, perm).to(torch.float64).reshape(-1)
+    # the data of the offsets from the block's smallest value: exact differences before any
+    # division by s (a / s itself loses them, or overflows, when |a| is large against s)
+    data = problem.block_data(a + segment_max(-a, ids, rows * n)[ids])
     shifted = torch.exp(data - segment_max(data, ids, rows * n)[ids])
     total = shifted.new_zeros(rows * n).index_add(0, ids, shifted)
     w = (shifted / total[ids]).view(rows, n).to(weight.dtype)

@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -406,6 +407,130 @@ def test_half_precision_n3000(
         assert bool((out[:, 1:] >= out[:, :-1]).all())
     out.float().sum().backward()
     assert x.grad is not None and x.grad.dtype == dtype
+
+
+def _exact_l2(a: list[Fraction], s: Fraction, rank: bool) -> tuple[list[Fraction], list[int]]:
+    """The l2 soft sort (or the soft ranks, in sorted order) of the ascending ``a`` in exact
+    rational arithmetic, by a sequential PAV that pools ties (``>=``), and the block of every
+    position: the oracle for inputs that floats hold exactly."""
+
+    def fitted(lo: int, hi: int) -> Fraction:
+        mean = sum(a[lo:hi], Fraction(0)) / (hi - lo)
+        center = Fraction(lo + hi - 1, 2)
+        return (mean - center / s) if not rank else (center - mean / s)
+
+    blocks: list[tuple[int, int]] = []
+    for i in range(len(a)):
+        blocks.append((i, i + 1))
+        while len(blocks) > 1 and fitted(*blocks[-1]) >= fitted(*blocks[-2]):
+            (_, hi), (lo, _) = blocks.pop(), blocks.pop()
+            blocks.append((lo, hi))
+    out, block = [], []
+    for k, (lo, hi) in enumerate(blocks):
+        mean, center = sum(a[lo:hi], Fraction(0)) / (hi - lo), Fraction(lo + hi - 1, 2)
+        for i in range(lo, hi):
+            out.append(mean + (i - center) / s if not rank else center + 1 + (a[i] - mean) / s)
+            block.append(k)
+    return out, block
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(-12, 12), min_size=1, max_size=12),
+    st.sampled_from(
+        [
+            (2.0**40, 0.5, torch.float64),
+            (-(2.0**45), 4.0, torch.float64),
+            (1e12, 0.25, torch.float64),
+            (2.0**30, 256.0, torch.float32),
+        ]
+    ),
+    st.sampled_from([0.125, 0.5, 1.0, 2.0, 4.0]),
+    st.booleans(),
+)
+def test_l2_ties_are_told_apart_at_the_working_precision_at_any_magnitude(
+    ks: list[int],
+    case: tuple[float, float, torch.dtype],
+    s_step: float,
+    rank: bool,
+) -> None:
+    """Values ``M + q k`` (``M`` up to 3.5e13, steps ``q`` from 0.25 to 256: float64 holds them
+    exactly, and float32 those at ``M = 2^30``) at strengths ``s = s_step / q``, against exact
+    rational PAV: the values and the Jacobian (its blocks). A tolerance relative to the
+    magnitude pooled ``1e12`` and ``1e12 + 0.5`` at ``s = 1`` (their fitted values differ by
+    0.5, a relative 5e-13), where this oracle, the kit and torchsort give the identity."""
+    magnitude, step, dtype = case
+    x = torch.tensor([magnitude + step * k for k in ks], dtype=torch.float64)
+    assert x.to(dtype).double().tolist() == x.tolist()  # held exactly
+    s = s_step / step
+    a = sorted(Fraction(v) for v in x.tolist())
+    exact, block = _exact_l2(a, Fraction(s), rank)
+    order = torch.sort(-x, descending=True).indices  # the permutation the solver uses
+    expected = torch.empty(len(ks), dtype=torch.float64)
+    expected[order if rank else torch.arange(len(ks))] = torch.tensor(
+        [float(v) for v in exact], dtype=torch.float64
+    )
+    xt = x.to(dtype).requires_grad_()
+    jacobian = torch.autograd.functional.jacobian(
+        lambda t: _soft(rank)(t, regularization_strength=s), xt
+    )
+    out = _soft(rank)(xt.detach(), regularization_strength=s)
+    ulp = torch.finfo(dtype).eps * abs(magnitude)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=4 * ulp if not rank else 1e-6)
+    # the Jacobian in sorted order: block averaging (sort) or (identity - averaging) / s (rank)
+    sizes = torch.bincount(torch.tensor(block))[torch.tensor(block)].double()
+    same = torch.tensor(block)[:, None] == torch.tensor(block)[None, :]
+    averaging = same / sizes[:, None]
+    want = averaging if not rank else (torch.eye(len(ks), dtype=torch.float64) - averaging) / s
+    have = jacobian.double()[:, order][order] if rank else jacobian.double()[:, order]
+    torch.testing.assert_close(have, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("s", [1e-12, 1e-14, 1e-16, 1e-308])
+@pytest.mark.parametrize("reg", REGS)
+def test_ranks_of_ties_at_small_strengths(reg: str, s: float, scale: float) -> None:
+    """``[3, 1, 2, 2]`` (times 300: values near 900) gives ``[4, 1, 2.5, 2.5]`` at any small
+    strength, as the l2 rank and the kit's reference: the kl rank gave ``[4, 1, 5, 5]`` at
+    1e-16 (its softmax lost ``log 2`` against ``a / s ~ 2e16``), 8e-5 off at 1e-12; the l2 rank
+    gave ``[4, 1, 2, 3]`` at 1e-308 (``a / s`` overflowed)."""
+    x = torch.tensor([[3.0, 1.0, 2.0, 2.0]], dtype=torch.float64) * scale
+    expected = torch.tensor([[4.0, 1.0, 2.5, 2.5]], dtype=torch.float64)
+    for stage in STAGES:
+        out = _soft(True, stage)(x, regularization=reg, regularization_strength=s)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    if s >= 1e-16:  # the kit's reference divides by s first: a / s overflows at 1e-308
+        torch.testing.assert_close(
+            out[0], torch.tensor(reference_soft_rank(x[0], s, reg)), rtol=0, atol=1e-12
+        )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(-4, 4), min_size=1, max_size=12),
+    st.sampled_from([0.0, 0.1, -900.0, 1e12, 2.0**-1000]),
+    st.floats(-320, -3),
+    st.sampled_from(REGS),
+    st.sampled_from(list(STAGES)),
+)
+def test_small_strengths_give_the_exact_limit(
+    ks: list[int], offset: float, log10_s: float, reg: str, stage: str
+) -> None:
+    """Values ``c + q k`` with ties (any magnitude ``c``, steps ``q`` of 10^3 n ``s`` or more,
+    ``s`` from 1e-3 down to 1e-320, so that ``q / s`` is large and ``q s`` small): the soft
+    ranks are the hard ranks with ties averaged (``scipy.stats.rankdata``), the soft sort is
+    the hard sort. The mean of a tied block is not
+    its value in floating point (three 0.1 average to 0.10000000000000002), and at small ``s``
+    the rank divided that rounding by ``s`` (-1385 at 1e-20)."""
+    stats = pytest.importorskip("scipy.stats")
+    s = 10.0**log10_s
+    step = max(abs(offset) * 2.0**-40, s * 1e3 * len(ks))
+    x = torch.tensor([offset + step * k for k in ks], dtype=torch.float64)
+    expected = torch.tensor(stats.rankdata(x.numpy(), method="average"))
+    ranks = _soft(True, stage)(x, regularization=reg, regularization_strength=s)
+    torch.testing.assert_close(ranks, expected, rtol=0, atol=1e-9)
+    sort = _soft(False, stage)(x, regularization=reg, regularization_strength=s)
+    torch.testing.assert_close(sort, torch.sort(x).values, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- layouts
