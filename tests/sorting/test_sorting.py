@@ -456,9 +456,10 @@ def test_l2_ties_are_told_apart_at_the_working_precision_at_any_magnitude(
 ) -> None:
     """Values ``M + q k`` (``M`` up to 3.5e13, steps ``q`` from 0.25 to 256: float64 holds them
     exactly, and float32 those at ``M = 2^30``) at strengths ``s = s_step / q``, against exact
-    rational PAV: the values and the Jacobian (its blocks). A tolerance relative to the
-    magnitude pooled ``1e12`` and ``1e12 + 0.5`` at ``s = 1`` (their fitted values differ by
-    0.5, a relative 5e-13), where this oracle, the kit and torchsort give the identity."""
+    rational PAV and the kit's reference: the values and the Jacobian (its blocks). A
+    tolerance relative to the magnitude pooled ``1e12`` and ``1e12 + 0.5`` at ``s = 1`` (their
+    fitted values differ by 0.5, a relative 5e-13), where this oracle, the kit and torchsort
+    give the identity."""
     magnitude, step, dtype = case
     x = torch.tensor([magnitude + step * k for k in ks], dtype=torch.float64)
     assert x.to(dtype).double().tolist() == x.tolist()  # held exactly
@@ -477,6 +478,9 @@ def test_l2_ties_are_told_apart_at_the_working_precision_at_any_magnitude(
     out = _soft(rank)(xt.detach(), regularization_strength=s)
     ulp = torch.finfo(dtype).eps * abs(magnitude)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=4 * ulp if not rank else 1e-6)
+    if not rank:  # the kit's reference too (its rank divides the values by s before it pools)
+        kit = torch.tensor(reference_soft_sort(x, s), dtype=torch.float64)
+        torch.testing.assert_close(out.double(), kit, rtol=0, atol=4 * ulp)
     # the Jacobian in sorted order: block averaging (sort) or (identity - averaging) / s (rank)
     sizes = torch.bincount(torch.tensor(block))[torch.tensor(block)].double()
     same = torch.tensor(block)[:, None] == torch.tensor(block)[None, :]
