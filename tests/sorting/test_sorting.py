@@ -264,10 +264,14 @@ def test_kl_sort_is_monotone(row: list[float], s: float, stage: str) -> None:
 # --------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", ["hull", "accelerator"])
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
-def test_gradcheck(stage: str, reg: str, rank: bool, device: torch.device) -> None:
+def test_gradcheck_of_the_other_stages(
+    stage: str, reg: str, rank: bool, device: torch.device
+) -> None:
+    """The default stage is under tests/core/test_contract.py (soft_sort and soft_rank, l2 and
+    kl: gradcheck and gradgradcheck)."""
     x = _inputs("random", (2, 7), seed=3).to(device).requires_grad_()
     for s in (0.3, 1.0, 5.0):
         assert torch.autograd.gradcheck(
@@ -562,37 +566,7 @@ def test_dim_descending_and_leading_shapes(reg: str) -> None:
     torch.testing.assert_close(ranks, soft_rank(-x, regularization=reg))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_device_and_dtype_preserved(dtype: torch.dtype, device: torch.device) -> None:
-    x = torch.randn(2, 5).to(dtype).to(device)
-    for fn in (soft_sort, soft_rank, hard_sort):
-        out = fn(x)
-        assert out.dtype == x.dtype and out.device == x.device and out.shape == x.shape
-
-
 # --------------------------------------------------------------------------- transforms
-
-
-@pytest.mark.parametrize("reg", REGS)
-@pytest.mark.parametrize("rank", [False, True])
-def test_torch_compile_fullgraph(reg: str, rank: bool) -> None:
-    """The solver is a ``torch.library`` custom op, so the graph has no break. ``aot_eager``
-    traces with dynamo and AOTAutograd (the fake and autograd registrations) without needing
-    a C++ compiler."""
-    torch._dynamo.reset()
-
-    def loss(t: torch.Tensor) -> torch.Tensor:
-        out = _soft(rank)(t * 2, regularization=reg, regularization_strength=0.5, dim=0)
-        return (out * torch.arange(out.shape[0], dtype=out.dtype)[:, None]).sum()
-
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    x = _inputs("heavy", (40, 3), seed=2) / 8
-    eager_x, compiled_x = x.clone().requires_grad_(), x.clone().requires_grad_()
-    loss(eager_x).backward()
-    value = compiled(compiled_x)
-    value.backward()
-    torch.testing.assert_close(value, loss(x))
-    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
 
 
 @pytest.mark.parametrize("rank", [False, True])
@@ -645,9 +619,6 @@ def test_vmap_and_func_grad(rank: bool) -> None:
         (lambda x: soft_rank(x, regularization="entropic"), ValueError, "regularization"),
         (lambda x: soft_sort(x, backend="cuda"), ValueError, "backend must be one of"),
         (lambda x: soft_rank(x, backend="sinkhorn"), ValueError, "backend must be one of"),
-        (lambda x: soft_sort(x.long()), TypeError, "floating-point"),
-        (lambda x: soft_rank(x.bool()), TypeError, "floating-point"),
-        (lambda x: soft_sort(x.tolist()), TypeError, "torch.Tensor"),
         (lambda x: soft_sort(x[0, 0]), ValueError, "at least 1 dimension"),
         (lambda x: soft_sort(x[:, :0]), ValueError, "must not be empty"),
         (lambda x: soft_sort(x, dim=2), ValueError, "dim must be in"),
@@ -685,15 +656,6 @@ def test_vmap_and_func_grad(rank: bool) -> None:
 def test_bad_arguments(call: Callable[[torch.Tensor], object], error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         call(torch.randn(2, 4))
-
-
-@pytest.mark.parametrize("fn", [soft_sort, soft_rank])
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_input_raises_when_checked(fn: SoftFn, bad: float) -> None:
-    x = torch.randn(2, 5)
-    x[1, 2] = bad
-    with pytest.raises(ValueError, match="x must be finite"):
-        fn(x)
 
 
 @pytest.mark.parametrize("reg", REGS)
