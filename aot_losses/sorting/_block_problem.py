@@ -207,16 +207,17 @@ def blocks_from_starts(problem: IsotonicProblem, a: Tensor, starts: Tensor) -> B
     """The blocks of the ascending float64 rows ``a`` (B, n) that begin where ``starts`` (B, n)
     is true (``starts[:, 0]`` must be), with their statistics (one segment reduction)."""
     rows, n = a.shape
-    index = torch.arange(n, device=a.device).expand(rows, n)
     slot = starts.cumsum(1) - 1 + torch.arange(0, rows * n, n, device=a.device)[:, None]
-    reference = a.gather(1, torch.where(starts, index, 0).cummax(1).values)
-    statistic = problem.segment_statistic(problem.block_data(a - reference), slot, rows * n)
     first_slots = torch.where(starts, slot, rows * n).view(-1)
 
     def per_slot(values: Tensor, fill: float) -> Tensor:
         out = values.new_full((rows * n + 1,), fill)
         return out.scatter(0, first_slots, values.reshape(-1))[:-1].view(rows, n)
 
-    lo = per_slot(index.to(torch.float64), n)
+    reference = per_slot(a, 0.0)
+    offsets = a - reference.view(-1)[slot]
+    statistic = problem.segment_statistic(problem.block_data(offsets), slot, rows * n)
+    positions = torch.arange(n, device=a.device, dtype=torch.float64).expand(rows, n)
+    lo = per_slot(positions, n)
     hi = torch.cat([lo[:, 1:], lo.new_full((rows, 1), n)], 1)
-    return Blocks(statistic.view(rows, n), lo, hi, per_slot(a, 0.0), slot)
+    return Blocks(statistic.view(rows, n), lo, hi, reference, slot)
