@@ -278,10 +278,9 @@ def test_torch_compile_equals_eager(case: Case, device: torch.device) -> None:
     assert_close(compiled.grad, eager.grad)
 
 
-@cases
+@pytest.mark.parametrize("case", [c for c in CASES if c.module is not None], ids=lambda c: c.name)
 def test_module_wrapper_equals_the_function(case: Case, device: torch.device) -> None:
-    if case.module is None:
-        pytest.skip(f"{case.name} has no module form")
+    assert case.module is not None
     inputs = case.inputs(torch.float64, device, seed=3)
     options = case.call_options(torch.float64, device)
     tensors = {k: v for k, v in options.items() if isinstance(v, Tensor)}
