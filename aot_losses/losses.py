@@ -16,14 +16,15 @@ n = m, no weights) the loss is the paper's Appendix-B code and TRL's ``"aot"`` /
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from ._validation import Reduction, check_finite, check_logps, check_weights
 from .distributed import local_checks
-from .ot import SortLike, TransportOptions, resolve_options, transport
+from .ot import SortLike, TransportOptions, transport
 from .penalties import PenaltyLike
+from .sorting import Backend, Regularization
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -48,8 +49,8 @@ def aot_paired_loss(
     weights: Tensor | None = None,
     process_group: ProcessGroup | None = None,
     reduction: Reduction = "mean",
-    regularization: Literal["l2", "kl"] = "l2",
-    sort_backend: Literal["torch", "torchsort", "sinkhorn"] = "torch",
+    regularization: Regularization = "l2",
+    sort_backend: Backend = "torch",
 ) -> Tensor:
     """Paired AOT: OT_h between the policy's and the reference's chosen-minus-rejected margins.
 
@@ -94,16 +95,7 @@ def aot_paired_loss(
         >>> aot_paired_loss(pc, pr, rc, rr, beta=1.0)
         tensor(0.4100)
     """
-    options = resolve_options(
-        penalty=penalty,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        sort=sort,
-        regularization=regularization,
-        regularization_strength=regularization_strength,
-        sort_backend=sort_backend,
-        reduction=reduction,
-    )
+    options = TransportOptions.of(locals())
     return _aot_loss(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -131,8 +123,8 @@ def aot_unpaired_loss(
     rejected_weights: Tensor | None = None,
     process_group: ProcessGroup | None = None,
     reduction: Reduction = "mean",
-    regularization: Literal["l2", "kl"] = "l2",
-    sort_backend: Literal["torch", "torchsort", "sinkhorn"] = "torch",
+    regularization: Regularization = "l2",
+    sort_backend: Backend = "torch",
 ) -> Tensor:
     """Unpaired AOT: OT_h between the chosen and the rejected policy/reference log-ratios.
 
@@ -165,16 +157,7 @@ def aot_unpaired_loss(
         >>> aot_unpaired_loss(pc, pr, rc, rr, beta=1.0, penalty="hinge")
         tensor(0.5000)
     """
-    options = resolve_options(
-        penalty=penalty,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        sort=sort,
-        regularization=regularization,
-        regularization_strength=regularization_strength,
-        sort_backend=sort_backend,
-        reduction=reduction,
-    )
+    options = TransportOptions.of(locals())
     return _aot_loss(
         policy_chosen_logps,
         policy_rejected_logps,

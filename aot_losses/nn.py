@@ -56,6 +56,7 @@ class _FunctionalLoss(nn.Module):
         super().__init__()
         parameters = inspect.signature(type(self).function).parameters.values()
         defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+        self._tensors = tuple(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD)
         for name in options:
             if name not in defaults:
                 raise TypeError(
@@ -68,21 +69,17 @@ class _FunctionalLoss(nn.Module):
         )
         self.options = options
 
-    def forward(
-        self,
-        policy_chosen_logps: Tensor,
-        policy_rejected_logps: Tensor,
-        reference_chosen_logps: Tensor,
-        reference_rejected_logps: Tensor,
-        **per_call: Any,
-    ) -> Tensor:
-        return type(self).function(
-            policy_chosen_logps,
-            policy_rejected_logps,
-            reference_chosen_logps,
-            reference_rejected_logps,
-            **{**self.options, **per_call},
-        )
+    def forward(self, *tensors: Tensor, **per_call: Any) -> Tensor:
+        """The function of the log-prob tensors (positional or by name) and the options (those
+        given here override the module's for this call)."""
+        by_name = [name for name in self._tensors[len(tensors) :] if name in per_call]
+        if len(tensors) + len(by_name) != len(self._tensors):
+            got = f"{len(tensors)} positional and {', '.join(by_name)} by name"
+            raise TypeError(
+                f"{type(self).__name__} takes {len(self._tensors)} tensors "
+                f"({', '.join(self._tensors)}); got {got if by_name else len(tensors)}"
+            )
+        return type(self).function(*tensors, **{**self.options, **per_call})
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -17,9 +17,10 @@ so (Melnyk et al. 2024, arXiv 2406.05882, Section 3)
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ from ._validation import (
 )
 from .distributed import gather_concat_many, local_checks
 from .penalties import Penalty, PenaltyLike, get_penalty
-from .sorting import SoftSort
+from .sorting import Backend, Regularization, SoftSort
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -66,9 +67,9 @@ def ot_1d(
     u_weights: Tensor | None = None,
     v_weights: Tensor | None = None,
     sort: SortLike = "hard",
-    regularization: Literal["l2", "kl"] = "l2",
+    regularization: Regularization = "l2",
     regularization_strength: float = 0.1,
-    sort_backend: Literal["torch", "torchsort", "sinkhorn"] = "torch",
+    sort_backend: Backend = "torch",
     process_group: ProcessGroup | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -125,16 +126,7 @@ def ot_1d(
         >>> ot_1d(u, v, "least_squares", beta=1.0)
         tensor(2.)
     """
-    options = resolve_options(
-        penalty=penalty,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        sort=sort,
-        regularization=regularization,
-        regularization_strength=regularization_strength,
-        sort_backend=sort_backend,
-        reduction=reduction,
-    )
+    options = TransportOptions.of(locals())
     distributed = process_group is not None
     with local_checks(process_group, gathered=2, like=u):  # raised on every rank alike
         u = check_tensor(u, "u", min_ndim=1, allow_empty=distributed)
@@ -164,6 +156,13 @@ class TransportOptions:
     sort: Callable[[Tensor], Tensor] | None
     reduction: Reduction
 
+    @staticmethod
+    def of(arguments: dict[str, Any]) -> TransportOptions:
+        """:func:`resolve_options` of the options among a call's ``arguments`` (its
+        ``locals()``, taken before anything else is assigned): the one place where the keywords
+        of :func:`ot_1d` and the losses become options."""
+        return resolve_options(**{name: arguments[name] for name in _OPTION_NAMES})
+
 
 #: The soft-sort keywords' defaults: with a sort object they must keep them.
 _SOFT_KEYWORDS: dict[str, object] = {
@@ -179,15 +178,15 @@ def resolve_options(
     beta: float,
     label_smoothing: float,
     sort: SortLike,
-    regularization: str,
+    regularization: Regularization,
     regularization_strength: float,
-    sort_backend: str,
+    sort_backend: Backend,
     reduction: Reduction,
 ) -> TransportOptions:
     """Check every option of :func:`ot_1d` and the losses (also those that do not apply, such as
     the soft-sort keywords with ``sort="hard"``) and resolve the penalty and the sort."""
     h = get_penalty(penalty, beta=beta, label_smoothing=label_smoothing)
-    soft = SoftSort(regularization, regularization_strength, sort_backend)  # type: ignore[arg-type]
+    soft = SoftSort(regularization, regularization_strength, sort_backend)
     reduction = check_reduction(reduction)
     if isinstance(sort, str):
         check_choice(sort, "sort", get_args(SortKind))
@@ -209,6 +208,10 @@ def resolve_options(
                 f"options (for example SoftSort({name.removeprefix('sort_')}=...))"
             )
     return TransportOptions(h, sort, reduction)
+
+
+#: The keywords that :func:`resolve_options` checks, shared by :func:`ot_1d` and the losses.
+_OPTION_NAMES = tuple(inspect.signature(resolve_options).parameters)
 
 
 def transport(

@@ -26,24 +26,26 @@ __all__ = [
 ]
 
 
-def hull_block_starts(problem: IsotonicProblem, data: Tensor, starts: Tensor) -> Tensor:
-    """The solution's block starts (B, n) from any partition finer than the solution (the
-    blocks that begin where ``starts`` is true), in ``O(log(m)^2)`` steps."""
-    rows, n = data.shape
-    blocks = blocks_from_starts(problem, data, starts)
+def hull_block_starts(problem: IsotonicProblem, a: Tensor, starts: Tensor) -> Tensor:
+    """The solution's block starts (B, n) of the ascending float64 rows ``a`` from any
+    partition finer than the solution (the blocks that begin where ``starts`` is true), in
+    ``O(log(m)^2)`` steps."""
+    rows, n = a.shape
+    blocks = blocks_from_starts(problem, a, starts)
     count = starts.sum(1)
     m = 1 << max(int(count.max()) - 1, 0).bit_length()
-    points = torch.arange(m + 1, device=data.device)
+    points = torch.arange(m + 1, device=a.device)
     pairs = _ChunkPairs(
         problem,
         _pad_columns(blocks.statistic, m, problem.empty_statistic),
         _pad_columns(blocks.lo, m + 1, n),
+        _pad_columns(blocks.reference, m, 0.0),
     )
     vertex = points <= count[:, None]
     for level in range((m - 1).bit_length()):
         vertex = pairs.merge(vertex, count, 1 << level)
     first = vertex[:, :-1] & (points[:-1] < count[:, None])
-    out = torch.zeros(rows, n + 1, dtype=torch.bool, device=data.device)
+    out = torch.zeros(rows, n + 1, dtype=torch.bool, device=a.device)
     out = out.scatter(1, torch.where(first, pairs.unit_start[:, :-1], n).long(), first)
     return out[:, :n]
 
@@ -51,17 +53,26 @@ def hull_block_starts(problem: IsotonicProblem, data: Tensor, starts: Tensor) ->
 class _ChunkPairs:
     """Bridges between sibling chunks of units for :func:`hull_block_starts`.
 
-    ``unit_statistic`` (B, m): statistic of every unit; ``unit_start`` (B, m + 1): the position
-    of every point (the first position of the unit that starts there; ``n`` past the last).
-    Values are compared as *keys*, the fitted value minus the position part of the range
-    ``[c, c + 1)`` at the middle ``c`` of the pair, and always as a block of a chunk's hull
-    against a range that excludes it: by the mediant property (the value of a union lies
-    between the values of its parts) that decides the same as comparing two ranges that differ
-    by the block, but stays well conditioned when the block weighs little against the rest.
+    ``unit_statistic`` (B, m): statistic of every unit, relative to its reference
+    ``unit_reference`` (B, m); ``unit_start`` (B, m + 1): the position of every point (the first
+    position of the unit that starts there; ``n`` past the last). Values are compared as
+    *keys*, the fitted value minus the position part of the range ``[c, c + 1)`` at the middle
+    ``c`` of the pair and the data part of the reference of the unit there (the statistics are
+    rebased to it), and always as a block of a chunk's hull against a range that excludes it:
+    by the mediant property (the value of a union lies between the values of its parts) that
+    decides the same as comparing two ranges that differ by the block, but stays well
+    conditioned when the block weighs little against the rest.
     """
 
-    def __init__(self, problem: IsotonicProblem, unit_statistic: Tensor, unit_start: Tensor):
+    def __init__(
+        self,
+        problem: IsotonicProblem,
+        unit_statistic: Tensor,
+        unit_start: Tensor,
+        unit_reference: Tensor,
+    ):
         self.problem, self.unit_statistic, self.unit_start = problem, unit_statistic, unit_start
+        self.unit_reference = unit_reference
 
     def merge(self, vertex: Tensor, count: Tensor, chunk: int) -> Tensor:
         """Merge every pair of sibling chunks of ``chunk`` units; return the new vertices."""
@@ -71,7 +82,15 @@ class _ChunkPairs:
             self.unit_statistic.device,
         )
         pairs, chunks = m // (2 * chunk), m // chunk
-        by_chunk = self.unit_statistic.view(rows, chunks, chunk)
+        middles = (2 * torch.arange(pairs, device=dev) + 1) * chunk
+        # every unit's statistic relative to the reference of its pair's middle unit
+        middle_reference = self.unit_reference.index_select(1, middles)
+        statistic = problem.rebase(
+            self.unit_statistic,
+            self.unit_start[:, 1:] - self.unit_start[:, :-1],
+            self.unit_reference - middle_reference.repeat_interleave(2 * chunk, 1),
+        )
+        by_chunk = statistic.view(rows, chunks, chunk)
         prefix = problem.prefix_statistic(by_chunk).view(rows, m)
         suffix = problem.prefix_statistic(by_chunk.flip(-1)).flip(-1).view(rows, m)
         # the hull points of every chunk, listed (padded with a spare slot), and their blocks
@@ -87,11 +106,10 @@ class _ChunkPairs:
         chunk_offsets = torch.arange(0, rows * chunks * (chunk + 1), chunk + 1, device=dev)
         hull_block = hull_rank[..., :chunk] + chunk_offsets.view(rows, chunks, 1)
         hull_statistic = problem.segment_statistic(
-            self.unit_statistic, hull_block, rows * chunks * (chunk + 1)
+            statistic, hull_block, rows * chunks * (chunk + 1)
         )
         hull_points = hull_points.view(rows, pairs, 2, chunk + 2)
         self.hull_blocks = (on_hull.sum(-1) - 1).view(rows, pairs, 2)
-        middles = (2 * torch.arange(pairs, device=dev) + 1) * chunk
         self.middle = _gather_rows(self.unit_start, middles.expand(rows, pairs))[..., None, None]
         self.hull_points = hull_points
         self.point_position = _gather_rows(self.unit_start, hull_points)

@@ -24,6 +24,7 @@ it directly, in ``O(n)`` memory, as differentiable functions of ``x`` (exact sec
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
@@ -43,33 +44,50 @@ __all__ = [
     "ACCELERATOR_SCHEDULE",
     "CHEAP_READ_SCHEDULE",
     "TIE_PASSES",
+    "ReadSchedule",
     "Regularization",
+    "default_schedule",
     "isotonic_soft_sort",
-    "reads_are_cheap",
     "solve",
 ]
 
 Regularization = Literal["l2", "kl"]
 
-#: Passes of parallel PAV between two reads of "settled?" on the host, before the bounded hull
-#: merge takes over (a read is a device synchronization on an accelerator). Where reads are
-#: cheap (CPU): a read before every pass, 31 passes in all.
-CHEAP_READ_SCHEDULE = (0,) + (1,) * 31
+
+@dataclass(frozen=True)
+class ReadSchedule:
+    """When the solver reads "settled?" on the host (a device synchronization on an
+    accelerator).
+
+    ``passes[k]`` passes of parallel PAV run before the ``k``-th read; when the reads are over
+    and the blocks are not settled, the bounded hull merge takes over. ``cheap``: a read costs
+    nothing much (no device to wait for), so the solver reads before the first pass, returns
+    at once when nothing pools and works on the rows that pool only.
+    """
+
+    passes: tuple[int, ...]
+    cheap: bool
+
+
+#: Where reads are cheap (CPU): a read before every pass, 31 passes in all.
+CHEAP_READ_SCHEDULE = ReadSchedule((0,) + (1,) * 31, cheap=True)
 #: On an accelerator: reads before any pass (nothing pools: the common case), then after 2, 6,
 #: 14 and 30 passes; at most 5 reads instead of one per pass.
-ACCELERATOR_SCHEDULE = (0, 2, 4, 8, 16)
+ACCELERATOR_SCHEDULE = ReadSchedule((0, 2, 4, 8, 16), cheap=False)
 #: Passes of parallel PAV after the hull merge, without reads, to pool blocks whose values are
 #: equal up to rounding.
 TIE_PASSES = 8
 
 
-def reads_are_cheap(device: torch.device) -> bool:
-    """Whether reading a tensor value on the host costs nothing much (no device to wait for):
-    then the solver reads after every pass and works on the rows that pool only."""
-    return device.type == "cpu"
+def default_schedule(device: torch.device) -> ReadSchedule:
+    """The schedule of host reads for ``device``: :data:`CHEAP_READ_SCHEDULE` on the CPU,
+    :data:`ACCELERATOR_SCHEDULE` elsewhere."""
+    return CHEAP_READ_SCHEDULE if device.type == "cpu" else ACCELERATOR_SCHEDULE
 
 
-def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+def solve(
+    problem: IsotonicProblem, a: Tensor, schedule: ReadSchedule
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Soft sort or soft rank of the ascending rows ``a`` (B, n): ``(values, weight, block)``.
 
     ``values`` are in sorted position order (ranks included); ``weight`` is the per-position
@@ -77,26 +95,23 @@ def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor |
     ``block`` is the row-local index of the block of every position (``None``: singletons).
     Block statistics are accumulated in float64, whatever the input precision.
 
-    Host reads: on the CPU, after every pass (:data:`CHEAP_READ_SCHEDULE`), and only the rows
-    where something pools are worked on. On an accelerator, by :data:`ACCELERATOR_SCHEDULE`:
-    1 read when nothing pools, 2 when two passes settle the blocks, at most 5 for the passes,
+    Host reads, by ``schedule``: with :data:`CHEAP_READ_SCHEDULE` (CPU), after every pass, and
+    only the rows where something pools are worked on. With :data:`ACCELERATOR_SCHEDULE`: 1
+    read when nothing pools, 2 when two passes settle the blocks, at most 5 for the passes,
     plus 1 (the number of blocks) when the hull merge runs; nothing else reads.
     """
-    data = problem.block_data(a.to(torch.float64))
-    violating = violating_pairs(problem, singleton_blocks(data))
-    cheap_reads = reads_are_cheap(a.device)
-    if cheap_reads and not bool(violating.any()):  # no pooling: the hard sort, or ranks 1 .. n
+    exact = a.to(torch.float64)
+    violating = violating_pairs(problem, singleton_blocks(exact))
+    if schedule.cheap and not bool(violating.any()):  # no pooling: the hard sort, or 1 .. n
         return _hard(problem, a), torch.ones_like(a), None
     starts = torch.cat([violating.new_ones(violating.shape[0], 1), ~violating], 1)
-    if not cheap_reads:
-        return _solve_rows(problem, a, data, starts, ACCELERATOR_SCHEDULE)
+    if not schedule.cheap:
+        return _solve_rows(problem, exact, starts, schedule.passes, a.dtype)
     pooling = violating.any(1).nonzero()[:, 0]
     if len(pooling) == len(a):
-        return _solve_rows(problem, a, data, starts, CHEAP_READ_SCHEDULE)
-    a_rows, data_rows, starts_rows = (t.index_select(0, pooling) for t in (a, data, starts))
-    values, weight, block = _solve_rows(
-        problem, a_rows, data_rows, starts_rows, CHEAP_READ_SCHEDULE
-    )
+        return _solve_rows(problem, exact, starts, schedule.passes, a.dtype)
+    exact_rows, starts_rows = (t.index_select(0, pooling) for t in (exact, starts))
+    values, weight, block = _solve_rows(problem, exact_rows, starts_rows, schedule.passes, a.dtype)
     every = torch.arange(a.shape[1], device=a.device).expand(a.shape)
     return (
         _hard(problem, a).index_copy(0, pooling, values),
@@ -106,15 +121,21 @@ def solve(problem: IsotonicProblem, a: Tensor) -> tuple[Tensor, Tensor, Tensor |
 
 
 def _solve_rows(
-    problem: IsotonicProblem, a: Tensor, data: Tensor, starts: Tensor, schedule: tuple[int, ...]
+    problem: IsotonicProblem,
+    a: Tensor,
+    starts: Tensor,
+    schedule: tuple[int, ...],
+    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`solve` of the rows ``a`` from the blocks beginning at ``starts``: parallel PAV
-    by ``schedule``, then, if that did not settle them, the hull merge and the tie passes."""
-    starts, blocks, settled = pool_violators(problem, data, starts, schedule)
+    """:func:`solve` of the float64 rows ``a`` from the blocks beginning at ``starts``: parallel
+    PAV by ``schedule``, then, if that did not settle them, the hull merge and the tie passes;
+    values and weights in ``dtype``."""
+    starts, blocks, settled = pool_violators(problem, a, starts, schedule)
     if not settled:
-        starts = hull_block_starts(problem, data, starts)
-        _, blocks, _ = pool_violators(problem, data, starts, (TIE_PASSES,), read_last=False)
-    return _closed_form(problem, a, data, blocks)
+        starts = hull_block_starts(problem, a, starts)
+        _, blocks, _ = pool_violators(problem, a, starts, (TIE_PASSES,), read_last=False)
+    values, weight, block = _closed_form(problem, a, blocks)
+    return values.to(dtype), weight.to(dtype), block
 
 
 def _hard(problem: IsotonicProblem, a: Tensor) -> Tensor:
@@ -125,36 +146,44 @@ def _hard(problem: IsotonicProblem, a: Tensor) -> Tensor:
 
 
 def _closed_form(
-    problem: IsotonicProblem, a: Tensor, data: Tensor, blocks: Blocks
+    problem: IsotonicProblem, a: Tensor, blocks: Blocks
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(values, weight, block)`` of :func:`solve` from the final blocks, by the closed form
-    of each block."""
-    statistic, lo, hi, block = blocks.per_position()
+    """``(values, weight, block)`` of :func:`solve` from the final blocks of the float64 rows
+    ``a``, by the closed form of each block, from the offsets ``a - r`` of the values from
+    their block's reference (exact for ties: the mean of three 0.1 is not 0.1 in floating
+    point, and at small ``s`` the rank divides that rounding by ``s``)."""
+    statistic, lo, hi, reference, block = blocks.per_position()
     size = hi - lo
     i = unit_ranges(a.shape[1], a.device)[0]  # the positions 0 .. n - 1
     s = problem.strength
     if not problem.log_sum_exp:
-        mean = statistic / size
+        mean = statistic / size  # of the offsets
         center = (lo + hi - 1) / 2
-        values = mean + (i - center) / s if problem.kind == "sort" else center + 1 + (a - mean) / s
-        weight = 1 / size
-    else:
-        weight = torch.exp(data - statistic)
         if problem.kind == "sort":
-            one = lo.new_ones(1)
-            offset = cast(Tensor, problem.bounded_position(lo, hi)) - cast(
-                Tensor, problem.bounded_position(one, 2 * one)
-            )
-            values = -statistic + (i - lo) / s + offset
+            values = reference + mean + (i - center) / s
         else:
-            values = weight * size * (lo + hi + 1) / 2
-    return values.to(a.dtype), weight.to(a.dtype), block
+            values = center + 1 + ((a - reference) - mean) / s
+        return values, 1 / size, block
+    weight = torch.exp(problem.block_data(a - reference) - statistic)  # the block's softmax
+    if problem.kind == "rank":
+        return weight * size * (lo + hi + 1) / 2, weight, block
+    one = lo.new_ones(1)
+    offset = cast(Tensor, problem.bounded_position(lo, hi)) - cast(
+        Tensor, problem.bounded_position(one, 2 * one)
+    )
+    return reference - statistic + (i - lo) / s + offset, weight, block
 
 
 def _forward(
-    x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
+    x: Tensor,
+    strength: float,
+    regularization: str,
+    rank: bool,
+    finite: bool,
+    schedule: ReadSchedule | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`solve`.
+    """``(out, perm, block, weight)`` for a 2-D float32/float64 ``x``; see :func:`solve`
+    (``schedule``: None, the device's :func:`default_schedule`).
 
     Ties are broken as torchsort breaks them (``torch.sort(-x, descending=True)``), so the
     gradients agree with it on tied inputs too. Rows holding NaN or infinity give NaN rows
@@ -166,7 +195,7 @@ def _forward(
         finite_rows = torch.isfinite(values[:, :: max(x.shape[1] - 1, 1)]).all(1, keepdim=True)
         values = torch.where(finite_rows, values, 0)  # solved as zeros, then set to NaN
     problem = IsotonicProblem("rank" if rank else "sort", regularization, strength)
-    out, weight, block = solve(problem, -values)
+    out, weight, block = solve(problem, -values, schedule or default_schedule(x.device))
     if finite_rows is not None:
         out = torch.where(finite_rows, out, math.nan)
         weight = torch.where(finite_rows, weight, math.nan)
@@ -189,7 +218,10 @@ def _jacobian_weight(
         return weight
     rows, n = x.shape
     ids = (block + torch.arange(0, rows * n, n, device=x.device)[:, None]).view(-1)
-    data = problem.block_data(x.gather(1, perm).to(torch.float64)).reshape(-1)
+    a = x.gather(1, perm).to(torch.float64).reshape(-1)
+    # the data of the offsets from the block's smallest value: exact differences before any
+    # division by s (a / s itself loses them, or overflows, when |a| is large against s)
+    data = problem.block_data(a + segment_max(-a, ids, rows * n)[ids])
     shifted = torch.exp(data - segment_max(data, ids, rows * n)[ids])
     total = shifted.new_zeros(rows * n).index_add(0, ids, shifted)
     w = (shifted / total[ids]).view(rows, n).to(weight.dtype)
@@ -250,21 +282,20 @@ def _block_sums(g: Tensor, block: Tensor) -> Tensor:
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, strength, regularization, rank, _ = inputs
+    x, strength, regularization, rank = inputs[:4]
     out, perm, block, weight = output
     ctx.mark_non_differentiable(perm, block, weight)
     ctx.save_for_backward(x, out, perm, block, weight)
     ctx.save_for_forward(x, out, perm, block, weight)
     ctx.params = (strength, regularization, rank)
+    ctx.options = len(inputs) - 1  # the inputs after x: they get no gradient
     ctx.set_materialize_grads(False)  # perm, block and weight get no gradient: no zeros for them
 
 
-def _saved_backward(
-    ctx: Any, grad: Tensor | None, *_: Any
-) -> tuple[Tensor | None, None, None, None, None]:
-    if grad is None:
-        return None, None, None, None, None
-    return _backward(grad, ctx.saved_tensors, *ctx.params), None, None, None, None
+def _saved_backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+    grad_x = None if grad is None else _backward(grad, ctx.saved_tensors, *ctx.params)
+    options: int = ctx.options
+    return (grad_x,) + (None,) * options
 
 
 def _saved_jvp(ctx: Any, tangent: Tensor, *_: Any) -> tuple[Tensor, None, None, None]:
@@ -295,9 +326,14 @@ class _IsotonicFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: Tensor, strength: float, regularization: str, rank: bool, finite: bool
+        x: Tensor,
+        strength: float,
+        regularization: str,
+        rank: bool,
+        finite: bool,
+        schedule: ReadSchedule | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out, perm, block, weight = _forward(x, strength, regularization, rank, finite)
+        out, perm, block, weight = _forward(x, strength, regularization, rank, finite, schedule)
         return out, perm, perm.new_empty(0) if block is None else block, weight
 
     setup_context = staticmethod(_setup_context)
@@ -341,18 +377,28 @@ def _isotonic_vmap(
 
 
 def isotonic_soft_sort(
-    x: Tensor, strength: float, regularization: str, *, rank: bool, finite: bool = False
+    x: Tensor,
+    strength: float,
+    regularization: str,
+    *,
+    rank: bool,
+    finite: bool = False,
+    schedule: ReadSchedule | None = None,
 ) -> Tensor:
     """Ascending soft sort (or soft rank) of the rows of a 2-D floating tensor ``x``.
 
     float16 and bfloat16 are computed in float32 and cast back. No argument checks: the public
     :func:`aot_losses.soft_sort` and :func:`aot_losses.soft_rank` do them (``finite``: they
-    have checked that ``x`` holds no NaN or infinity). A meta tensor gives a meta tensor of the
-    right shape (no values are computed: shape propagation, as torch's own ops on meta).
+    have checked that ``x`` holds no NaN or infinity). ``schedule``: the host reads of the
+    solver (:class:`ReadSchedule`); None, or under ``torch.compile``, the device's
+    :func:`default_schedule`. A meta tensor gives a meta tensor of the right shape (no values
+    are computed: shape propagation, as torch's own ops on meta).
     """
     compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
     # the custom op has a fake (shape-only) kernel: it also serves meta tensors
-    custom = torch.compiler.is_compiling() or x.device.type == "meta"
-    entry = _isotonic_op if custom else _IsotonicFunction.apply
-    out: Tensor = entry(compute, strength, regularization, rank, finite)[0]  # type: ignore[no-untyped-call]
+    if torch.compiler.is_compiling() or x.device.type == "meta":
+        outs = _isotonic_op(compute, strength, regularization, rank, finite)
+    else:
+        outs = _IsotonicFunction.apply(compute, strength, regularization, rank, finite, schedule)  # type: ignore[no-untyped-call]
+    out: Tensor = outs[0]
     return out.to(x.dtype)

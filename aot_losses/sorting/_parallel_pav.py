@@ -24,57 +24,55 @@ __all__ = [
     "violating_pairs",
 ]
 
-#: Adjacent blocks whose fitted values agree to this relative tolerance count as tied and are
-#: pooled (torchsort pools ties too, and its backward merges blocks equal within 1e-9): exact
-#: ties, common with integer inputs, would otherwise be decided by rounding. Pooling tied blocks
-#: does not change the values, only which subgradient the backward returns.
-TIE_RTOL = 1e-12
+#: Adjacent blocks whose fitted values agree to this tolerance, relative to the terms of their
+#: difference (the gap of the references, the data parts relative to them, the gap of the
+#: position parts), count as tied and are pooled: 8 units in the last place of float64, the
+#: rounding of those terms (torchsort pools ties too, and its backward merges blocks equal
+#: within 1e-9). Exact ties, common with integer inputs, would otherwise be decided by
+#: rounding; pooling tied blocks does not change the values, only which subgradient the backward
+#: returns. Values that differ by more (0.5 at 1e12, or one unit in the last place of a tie's
+#: neighbour) are not tied, whatever their magnitude.
+TIE_RTOL = 8 * torch.finfo(torch.float64).eps
 
 
 def violating_pairs(problem: IsotonicProblem, blocks: Blocks) -> Tensor:
     """(B, n - 1): whether block slot ``k + 1`` is ``>=`` slot ``k`` (up to rounding, see
     :data:`TIE_RTOL`), both being real blocks."""
     left, right = (..., slice(None, -1)), (..., slice(1, None))
-    if blocks.slot is None:
-        value = problem.data_value(blocks.statistic, None, None)
-        position_gap, gap_tolerance = _singleton_position_gaps(
-            problem, value.shape[1], value.device
-        )
-        real = None
-    else:
-        value = problem.data_value(blocks.statistic, blocks.lo, blocks.hi)
-        lo, hi = blocks.lo, blocks.hi
-        position_gap = problem.linear_position_gap(lo[right], hi[right], lo[left], hi[left])
-        bounded = problem.bounded_position(lo, hi)
-        if bounded is not None:
-            position_gap = position_gap + (bounded[right] - bounded[left])
-        gap_tolerance = TIE_RTOL * position_gap.abs()
-        real = lo[right] < lo.shape[-1]
-    size = value.abs()
-    tolerance = TIE_RTOL * (size[right] + size[left]) + gap_tolerance
-    violating = value[right] - value[left] + position_gap + tolerance >= 0
-    return violating if real is None else violating & real
+    references = problem.reference_gap(blocks.reference[right] - blocks.reference[left])
+    if blocks.slot is None:  # singletons: their data parts relative to their references are 0
+        gap = _singleton_position_gaps(problem, blocks.reference.shape[1], references.device)
+        difference, size = references + gap, references.abs() + gap.abs()
+        return difference + TIE_RTOL * size >= 0
+    value = problem.data_value(blocks.statistic, blocks.lo, blocks.hi)
+    lo, hi = blocks.lo, blocks.hi
+    gap = problem.linear_position_gap(lo[right], hi[right], lo[left], hi[left])
+    bounded = problem.bounded_position(lo, hi)
+    if bounded is not None:
+        gap = gap + (bounded[right] - bounded[left])
+    gap = problem.in_value_units(gap)
+    difference = references + (value[right] - value[left]) + gap
+    size = references.abs() + value[right].abs() + value[left].abs() + gap.abs()
+    return (difference + TIE_RTOL * size >= 0) & (lo[right] < lo.shape[-1])
 
 
 @functools.lru_cache(maxsize=64)
-def _singleton_position_gaps(
-    problem: IsotonicProblem, n: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """``Pos[k + 1, k + 2) - Pos[k, k + 1)`` for ``k < n - 1``, and its tie tolerance."""
+def _singleton_position_gaps(problem: IsotonicProblem, n: int, device: torch.device) -> Tensor:
+    """``Pos[k + 1, k + 2) - Pos[k, k + 1)`` for ``k < n - 1``."""
     lo = torch.arange(n, device=device, dtype=torch.float64)
-    gap = problem.position_gap(lo[1:], lo[1:] + 1, lo[:-1], lo[:-1] + 1)
-    return gap, TIE_RTOL * gap.abs()
+    return problem.position_gap(lo[1:], lo[1:] + 1, lo[:-1], lo[:-1] + 1)
 
 
 def pool_violators(
     problem: IsotonicProblem,
-    data: Tensor,
+    a: Tensor,
     starts: Tensor,
     schedule: tuple[int, ...],
     *,
     read_last: bool = True,
 ) -> tuple[Tensor, Blocks, bool]:
-    """Passes of parallel PAV from the blocks that begin where ``starts`` (B, n) is true.
+    """Passes of parallel PAV on the ascending float64 rows ``a`` (B, n) from the blocks that
+    begin where ``starts`` (B, n) is true.
 
     ``schedule[k]`` passes run before the ``k``-th read of "any violators left?" on the host
     (a device synchronization on an accelerator); a pass without violators changes nothing, so
@@ -82,13 +80,13 @@ def pool_violators(
     blocks and whether a read found them final (``read_last=False``: the last group of passes
     runs without a read, and the result is returned as not known to be final).
     """
-    blocks = blocks_from_starts(problem, data, starts)
+    blocks = blocks_from_starts(problem, a, starts)
     violating = violating_pairs(problem, blocks)
     for k, passes in enumerate(schedule):
         for _ in range(passes):
             pooled = torch.cat([violating.new_zeros(violating.shape[0], 1), violating], 1)
             starts = starts & ~pooled.view(-1)[cast(Tensor, blocks.slot)]
-            blocks = blocks_from_starts(problem, data, starts)
+            blocks = blocks_from_starts(problem, a, starts)
             violating = violating_pairs(problem, blocks)
         if (read_last or k < len(schedule) - 1) and not bool(violating.any()):
             return starts, blocks, True

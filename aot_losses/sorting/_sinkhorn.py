@@ -23,9 +23,11 @@ and slows down as ``epsilon`` shrinks against the spread of the costs.
 The gradient is exact at convergence, by implicit differentiation of the fixed point
 ``g = Phi(g, x)`` of one Sinkhorn iteration on the column potential ``g``: at the fixed point
 ``dPhi/dg = n^2 P^T P`` (symmetric, eigenvalue 1 along constants, which do not change the plan),
-so the adjoint ``(I - n^2 P^T P + 1 1^T / n) lambda = u`` is solved directly, ``O(n^3)`` per row;
-memory stays ``O(n^2)`` instead of ``O(iterations * n^2)`` for unrolled differentiation. That
-gradient is first order only: a backward under ``create_graph=True`` raises ``RuntimeError``.
+so the adjoint ``(I - n^2 P^T P + 1 1^T / n) lambda = u`` is solved directly, ``O(n^3)`` per row
+(by an eigendecomposition: the system is singular in floating point when the plan is a
+permutation up to rounding, see :func:`_adjoint`); memory stays ``O(n^2)`` instead of
+``O(iterations * n^2)`` for unrolled differentiation. That gradient is first order only: a
+backward under ``create_graph=True`` raises ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -132,9 +134,7 @@ class _SinkhornSort(torch.autograd.Function):
             f, phi = _step(g0, cost, epsilon)
             with torch.no_grad():
                 plan = torch.exp((f[..., :, None] + g[..., None, :] - cost) / epsilon) / n
-                system = torch.eye(n, dtype=x.dtype, device=x.device) + 1 / n
-                system = system - plan.transpose(-1, -2) @ plan
-                lam = torch.linalg.solve(system, u.unsqueeze(-1)).squeeze(-1)
+                lam = _adjoint(plan, u)
             grad_x = grad_x + torch.autograd.grad(phi, x0, lam)[0]
         return grad_x, None, None, None, None
 
@@ -170,3 +170,25 @@ def sinkhorn_soft_sort(
     compute = first_order_only(compute, "backend='sinkhorn'")
     out: Tensor = _SinkhornSort.apply(compute, epsilon, max_iter, tol, targets)  # type: ignore[no-untyped-call]
     return out.to(x.dtype)
+
+
+def _adjoint(plan: Tensor, u: Tensor) -> Tensor:
+    """``lambda = (I - K^T K + 1 1^T / n)^+ u`` for the doubly stochastic ``K = n P`` (B, n, n).
+
+    The matrix is symmetric with eigenvalues in ``[0, 1]`` (``1 - sigma^2`` for the singular
+    values ``sigma`` of ``K``; 1 along the constants, the gauge of the dual). When ``K`` is
+    close to a permutation (small ``epsilon``) some ``sigma`` round to 1 and the matrix is
+    singular in floating point: those directions shift the potentials of groups of values that
+    the plan no longer couples, and both ``u`` and the derivative of the fixed point along them
+    vanish with ``1 - sigma^2``. They are dropped (a pseudo-inverse by eigendecomposition); what
+    they would have added is below the rounding of the rest.
+    """
+    n = plan.shape[-1]
+    system = torch.eye(n, dtype=plan.dtype, device=plan.device) + 1 / n
+    system = system - plan.transpose(-1, -2) @ plan
+    values, vectors = torch.linalg.eigh(system)
+    kept = values > n * torch.finfo(plan.dtype).eps
+    coefficients = (vectors.transpose(-1, -2) @ u.unsqueeze(-1)).squeeze(-1)
+    coefficients = torch.where(kept, coefficients / torch.where(kept, values, 1), 0)
+    lam: Tensor = (vectors @ coefficients.unsqueeze(-1)).squeeze(-1)
+    return lam

@@ -24,8 +24,8 @@ def _import_torchsort() -> Any:
         import torchsort
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            "backend='torchsort' needs the optional torchsort package; install it with "
-            "`pip install aot-losses[torchsort]` or use backend='torch'"
+            "backend='torchsort' needs the optional torchsort package, built against the torch "
+            "you have: `pip install --no-build-isolation torchsort`; or use backend='torch'"
         ) from err
     return torchsort
 

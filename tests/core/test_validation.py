@@ -284,6 +284,19 @@ BAD_INPUTS = [
         "kl must be finite; got inf",
     ),
     (
+        "module called with 3 tensors",
+        lambda: AOTPairedLoss()(*ok[:3]),
+        TypeError,
+        r"^AOTPairedLoss takes 4 tensors \(policy_chosen_logps, policy_rejected_logps, "
+        r"reference_chosen_logps, reference_rejected_logps\); got 3$",
+    ),
+    (
+        "module called with a tensor missing by name",
+        lambda: DPOLoss()(*ok[:2], reference_chosen_logps=ok[2]),
+        TypeError,
+        r"DPOLoss takes 4 tensors \(.*\); got 2 positional and reference_chosen_logps by name",
+    ),
+    (
         "unknown value-check mode",
         lambda: aot_losses.set_value_checks("sometimes"),
         ValueError,

@@ -4,19 +4,20 @@ The pure-PyTorch backend is checked against an independent pure-Python PAV writt
 torchsort's conventions (``aot_losses.testing.reference_soft_sort`` / ``reference_soft_rank``),
 against torchsort itself (float64, values and gradients), and for every soft-sort invariant
 listed in DESIGN.md. Both stages of its solver are exercised: the parallel
-PAV passes (default) and the divide-and-conquer hull merge (forced by ``_stage("hull")``).
+PAV passes (default) and the divide-and-conquer hull merge (forced by a schedule without passes:
+``_soft(rank, "hull")``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -25,38 +26,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from aot_losses import _validation, ot_1d
-from aot_losses.sorting import _isotonic, hard_sort, soft_rank, soft_sort
+from aot_losses import _validation, aot_paired_loss, ot_1d
+from aot_losses.sorting import hard_sort, soft_rank, soft_sort
+from aot_losses.sorting._isotonic import ACCELERATOR_SCHEDULE, ReadSchedule, isotonic_soft_sort
 from aot_losses.testing import reference_soft_rank, reference_soft_sort
 
 from ..helpers import TOLERANCES, assert_close
 
-STAGES = ("passes", "hull", "accelerator")
+#: The solver's stages: its schedule of host reads by device (parallel PAV passes, the hull merge
+#: when they do not settle), the hull merge alone (no pass before it) and the accelerator's
+#: schedule (forced on the CPU too).
+STAGES: dict[str, ReadSchedule | None] = {
+    "passes": None,
+    "hull": ReadSchedule((), cheap=True),
+    "accelerator": ACCELERATOR_SCHEDULE,
+}
 REGS = ("l2", "kl")
 SoftFn = Callable[..., torch.Tensor]
-
-
-@contextlib.contextmanager
-def _stage(stage: str) -> Iterator[None]:
-    """Run the torch backend with its default solver, with the hull merge only (no PAV pass),
-    or with the accelerator's schedule of host reads (on the CPU)."""
-    saved = (
-        _isotonic.CHEAP_READ_SCHEDULE,
-        _isotonic.ACCELERATOR_SCHEDULE,
-        _isotonic.reads_are_cheap,
-    )
-    if stage == "hull":
-        _isotonic.CHEAP_READ_SCHEDULE = _isotonic.ACCELERATOR_SCHEDULE = ()
-    elif stage == "accelerator":
-        _isotonic.reads_are_cheap = lambda device: False
-    try:
-        yield
-    finally:
-        (
-            _isotonic.CHEAP_READ_SCHEDULE,
-            _isotonic.ACCELERATOR_SCHEDULE,
-            _isotonic.reads_are_cheap,
-        ) = saved
 
 
 def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -70,14 +56,29 @@ def _inputs(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.tan(math.pi * (u - 0.5)).clamp(-20, 20)
 
 
-def _soft(rank: bool) -> SoftFn:
-    return soft_rank if rank else soft_sort
+def _soft(rank: bool, stage: str = "passes") -> SoftFn:
+    """:func:`soft_rank` or :func:`soft_sort`; for another stage than ``"passes"``, the solver
+    itself with that stage's schedule, on the rows along the last dimension."""
+    schedule = STAGES[stage]
+    if schedule is None:
+        return soft_rank if rank else soft_sort
+
+    def solver(
+        x: torch.Tensor, *, regularization: str = "l2", regularization_strength: float = 1.0
+    ) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = isotonic_soft_sort(
+            rows, regularization_strength, regularization, rank=rank, schedule=schedule
+        )
+        return out.reshape(x.shape)
+
+    return solver
 
 
 # --------------------------------------------------------------------------- oracles
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("data", ["random", "ties", "heavy"])
@@ -86,15 +87,14 @@ def test_matches_reference_pav(
 ) -> None:
     for n, s in [(1, 1.0), (2, 0.3), (5, 1.0), (33, 0.3), (33, 4.0)]:
         x = _inputs(data, (3, n), seed=n).to(device)
-        with _stage(stage):
-            out = _soft(rank)(x, regularization=reg, regularization_strength=s)
+        out = _soft(rank, stage)(x, regularization=reg, regularization_strength=s)
         reference = reference_soft_rank if rank else reference_soft_sort
         expected = [reference(row, s, reg).tolist() for row in x.cpu()]
         assert out.device == x.device
         assert_close(out.cpu(), torch.tensor(expected, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize("data", ["random", "ties", "heavy"])
@@ -107,8 +107,7 @@ def test_matches_torchsort_float64(
     for n, s in [(1, 1.0), (7, 1.0), (300, 0.1), (300, 1.0), (300, 10.0)]:
         x = _inputs(data, (4, n), seed=n + int(s * 10)).to(device)
         mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-        with _stage(stage):
-            out = _soft(rank)(mine, regularization=reg, regularization_strength=s)
+        out = _soft(rank, stage)(mine, regularization=reg, regularization_strength=s)
         expected = reference(theirs, regularization=reg, regularization_strength=s)
         gen = torch.Generator().manual_seed(n)
         upstream = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(device)
@@ -124,15 +123,14 @@ _rows = st.lists(
     st.floats(-100, 100, allow_nan=False, allow_subnormal=False), min_size=1, max_size=40
 )
 _strengths = st.floats(0.01, 100)
-_stages = st.sampled_from(STAGES)
+_stages = st.sampled_from(list(STAGES))
 
 
 @settings(max_examples=60, deadline=None)
 @given(_rows, _strengths, _stages)
 def test_l2_sort_monotone_sum_majorization(row: list[float], s: float, stage: str) -> None:
     x = torch.tensor(row, dtype=torch.float64)
-    with _stage(stage):
-        out = soft_sort(x, regularization_strength=s)
+    out = _soft(False, stage)(x, regularization_strength=s)
     hard = torch.sort(x).values
     tol = 1e-9 * (1 + x.abs().max().item()) * len(row)
     assert bool((out[1:] - out[:-1] >= -tol).all())
@@ -150,8 +148,7 @@ def test_l2_sort_is_hard_sort_iff_strength_below_inverse_largest_gap(
     x = torch.tensor(row, dtype=torch.float64)
     hard = torch.sort(x).values
     largest_gap = (hard[1:] - hard[:-1]).max().item() if len(row) > 1 else 0.0
-    with _stage(stage):
-        out = soft_sort(x, regularization_strength=s)
+    out = _soft(False, stage)(x, regularization_strength=s)
     if s * largest_gap <= 1 - 1e-9:
         torch.testing.assert_close(out, hard, rtol=0, atol=1e-9 * (1 + x.abs().max().item()))
     elif s * largest_gap > 1 + 1e-6:
@@ -167,8 +164,7 @@ def test_l2_sort_closed_form_for_large_strength(row: list[float], stage: str) ->
     # full pooling iff every prefix of the closed form dominates the sorted prefix sums
     slack = k * x.mean() - a.cumsum(0)[:-1]
     s = 2 * float((k * (n - k) / (2 * slack.clamp_min(1e-300))).max())
-    with _stage(stage):
-        out = soft_sort(x, regularization_strength=s)
+    out = _soft(False, stage)(x, regularization_strength=s)
     expected = x.mean() + (torch.arange(1, n + 1, dtype=torch.float64) - (n + 1) / 2) / s
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9 * (1 + x.abs().max().item()))
 
@@ -200,15 +196,14 @@ def test_shift_scale_and_permutation(
     x = torch.tensor(row, dtype=torch.float64)
     if reg == "kl":
         x = x / 10  # keep exp(x / s) in range
-    fn = _soft(rank)
+    fn = _soft(rank, stage)
     perm = list(range(len(row)))
     rnd.shuffle(perm)
-    with _stage(stage):
-        out = fn(x, regularization=reg, regularization_strength=s)
-        shuffled = fn(x[perm], regularization=reg, regularization_strength=s)
-        shifted = fn(x + c, regularization=reg, regularization_strength=s)
-        scaled = fn(scale * x, regularization_strength=s * scale if rank else s / scale)
-        plain = fn(x, regularization_strength=s)
+    out = fn(x, regularization=reg, regularization_strength=s)
+    shuffled = fn(x[perm], regularization=reg, regularization_strength=s)
+    shifted = fn(x + c, regularization=reg, regularization_strength=s)
+    scaled = fn(scale * x, regularization_strength=s * scale if rank else s / scale)
+    plain = fn(x, regularization_strength=s)
     atol = 1e-9 * (1 + abs(c) + scale) * (1 + x.abs().max().item() + len(row) / s) * len(row)
     close = {"rtol": 1e-9, "atol": atol}
     torch.testing.assert_close(shuffled, out[perm] if rank else out, **close)
@@ -222,10 +217,9 @@ def test_l2_sort_jacobian_is_block_averaging_times_permutation(
     row: list[float], s: float, stage: str
 ) -> None:
     x = torch.tensor(row, dtype=torch.float64)
-    with _stage(stage):
-        jac = torch.autograd.functional.jacobian(
-            lambda t: soft_sort(t, regularization_strength=s), x
-        )
+    jac = torch.autograd.functional.jacobian(
+        lambda t: _soft(False, stage)(t, regularization_strength=s), x
+    )
     ones = torch.ones(len(row), dtype=torch.float64)
     torch.testing.assert_close(jac @ ones, ones)  # rows sum to 1
     torch.testing.assert_close(ones @ jac, ones)  # columns sum to 1
@@ -248,14 +242,13 @@ def test_rank_properties(row: list[float], s: float, reg: str, stage: str) -> No
     n = len(row)
     order = torch.argsort(x)
     gaps = x[order][1:] - x[order][:-1]
-    with _stage(stage):
-        r = soft_rank(x, regularization=reg, regularization_strength=s)
-        if n == 1 or gaps.min() > 0:
-            fine = 1e-3 * (gaps.min().item() if n > 1 else 1.0)
-            hard = soft_rank(x, regularization=reg, regularization_strength=fine)
-            expected = torch.empty(n, dtype=torch.float64)
-            expected[order] = torch.arange(1, n + 1, dtype=torch.float64)
-            torch.testing.assert_close(hard, expected)
+    r = _soft(True, stage)(x, regularization=reg, regularization_strength=s)
+    if n == 1 or gaps.min() > 0:
+        fine = 1e-3 * (gaps.min().item() if n > 1 else 1.0)
+        hard = _soft(True, stage)(x, regularization=reg, regularization_strength=fine)
+        expected = torch.empty(n, dtype=torch.float64)
+        expected[order] = torch.arange(1, n + 1, dtype=torch.float64)
+        torch.testing.assert_close(hard, expected)
     assert abs(r.sum().item() - n * (n + 1) / 2) <= 1e-9 * n * n
     assert bool((r[order][1:] - r[order][:-1] >= -1e-9 * n).all())
 
@@ -264,27 +257,30 @@ def test_rank_properties(row: list[float], s: float, reg: str, stage: str) -> No
 @given(_rows, _strengths, _stages)
 def test_kl_sort_is_monotone(row: list[float], s: float, stage: str) -> None:
     x = torch.tensor(row, dtype=torch.float64) / 10
-    with _stage(stage):
-        out = soft_sort(x, regularization="kl", regularization_strength=s)
+    out = _soft(False, stage)(x, regularization="kl", regularization_strength=s)
     assert bool((out[1:] - out[:-1] >= -1e-9).all())
 
 
 # --------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", ["hull", "accelerator"])
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
-def test_gradcheck(stage: str, reg: str, rank: bool, device: torch.device) -> None:
+def test_gradcheck_of_the_other_stages(
+    stage: str, reg: str, rank: bool, device: torch.device
+) -> None:
+    """The default stage is under tests/core/test_contract.py (soft_sort and soft_rank, l2 and
+    kl: gradcheck and gradgradcheck)."""
     x = _inputs("random", (2, 7), seed=3).to(device).requires_grad_()
     for s in (0.3, 1.0, 5.0):
-        with _stage(stage):
-            assert torch.autograd.gradcheck(
-                lambda t, s=s: _soft(rank)(t, regularization=reg, regularization_strength=s), (x,)
-            )
+        assert torch.autograd.gradcheck(
+            lambda t, s=s: _soft(rank, stage)(t, regularization=reg, regularization_strength=s),
+            (x,),
+        )
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 def test_second_derivatives_are_exact(
@@ -297,18 +293,17 @@ def test_second_derivatives_are_exact(
     for s in (0.3, 1.0, 5.0):
 
         def fn(t: torch.Tensor, s: float = s) -> torch.Tensor:
-            return _soft(rank)(t, regularization=reg, regularization_strength=s)
+            return _soft(rank, stage)(t, regularization=reg, regularization_strength=s)
 
         def scalar(t: torch.Tensor, fn: SoftFn = fn) -> torch.Tensor:
             return (fn(t) * weights).sum()
 
-        with _stage(stage):
-            assert torch.autograd.gradgradcheck(fn, (x,))
-            torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.func.jacrev(fn)(x))
-            row = x[0].detach()
-            torch.testing.assert_close(
-                torch.func.hessian(scalar)(row), torch.autograd.functional.hessian(scalar, row)
-            )
+        assert torch.autograd.gradgradcheck(fn, (x,))
+        torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.func.jacrev(fn)(x))
+        row = x[0].detach()
+        torch.testing.assert_close(
+            torch.func.hessian(scalar)(row), torch.autograd.functional.hessian(scalar, row)
+        )
 
 
 def test_kl_hessian_row_matches_finite_differences() -> None:
@@ -390,15 +385,13 @@ def test_hull_merge_at_scale_is_bounded_and_accurate(one_thread: None, data: str
         x[0, 7] = 1e6
     else:
         x = _inputs("heavy", (1, n), seed=1).float()
-    with _stage("passes"):
-        start = time.perf_counter()
-        out = soft_sort(x, regularization_strength=0.1)
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    out = soft_sort(x, regularization_strength=0.1)
+    elapsed = time.perf_counter() - start
     ref = soft_sort(x.double(), regularization_strength=0.1)
     assert elapsed < 120
     assert (out.double() - ref).abs().max().item() <= 1e-5 * (1 + x.abs().max().item())
-    with _stage("hull"):
-        torch.testing.assert_close(soft_sort(x.double(), regularization_strength=0.1), ref)
+    torch.testing.assert_close(_soft(False, "hull")(x.double(), regularization_strength=0.1), ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -418,6 +411,134 @@ def test_half_precision_n3000(
         assert bool((out[:, 1:] >= out[:, :-1]).all())
     out.float().sum().backward()
     assert x.grad is not None and x.grad.dtype == dtype
+
+
+def _exact_l2(a: list[Fraction], s: Fraction, rank: bool) -> tuple[list[Fraction], list[int]]:
+    """The l2 soft sort (or the soft ranks, in sorted order) of the ascending ``a`` in exact
+    rational arithmetic, by a sequential PAV that pools ties (``>=``), and the block of every
+    position: the oracle for inputs that floats hold exactly."""
+
+    def fitted(lo: int, hi: int) -> Fraction:
+        mean = sum(a[lo:hi], Fraction(0)) / (hi - lo)
+        center = Fraction(lo + hi - 1, 2)
+        return (mean - center / s) if not rank else (center - mean / s)
+
+    blocks: list[tuple[int, int]] = []
+    for i in range(len(a)):
+        blocks.append((i, i + 1))
+        while len(blocks) > 1 and fitted(*blocks[-1]) >= fitted(*blocks[-2]):
+            (_, hi), (lo, _) = blocks.pop(), blocks.pop()
+            blocks.append((lo, hi))
+    out, block = [], []
+    for k, (lo, hi) in enumerate(blocks):
+        mean, center = sum(a[lo:hi], Fraction(0)) / (hi - lo), Fraction(lo + hi - 1, 2)
+        for i in range(lo, hi):
+            out.append(mean + (i - center) / s if not rank else center + 1 + (a[i] - mean) / s)
+            block.append(k)
+    return out, block
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(-12, 12), min_size=1, max_size=12),
+    st.sampled_from(
+        [
+            (2.0**40, 0.5, torch.float64),
+            (-(2.0**45), 4.0, torch.float64),
+            (1e12, 0.25, torch.float64),
+            (2.0**30, 256.0, torch.float32),
+        ]
+    ),
+    st.sampled_from([0.125, 0.5, 1.0, 2.0, 4.0]),
+    st.booleans(),
+)
+def test_l2_ties_are_told_apart_at_the_working_precision_at_any_magnitude(
+    ks: list[int],
+    case: tuple[float, float, torch.dtype],
+    s_step: float,
+    rank: bool,
+) -> None:
+    """Values ``M + q k`` (``M`` up to 3.5e13, steps ``q`` from 0.25 to 256: float64 holds them
+    exactly, and float32 those at ``M = 2^30``) at strengths ``s = s_step / q``, against exact
+    rational PAV and the kit's reference: the values and the Jacobian (its blocks). A
+    tolerance relative to the magnitude pooled ``1e12`` and ``1e12 + 0.5`` at ``s = 1`` (their
+    fitted values differ by 0.5, a relative 5e-13), where this oracle, the kit and torchsort
+    give the identity."""
+    magnitude, step, dtype = case
+    x = torch.tensor([magnitude + step * k for k in ks], dtype=torch.float64)
+    assert x.to(dtype).double().tolist() == x.tolist()  # held exactly
+    s = s_step / step
+    a = sorted(Fraction(v) for v in x.tolist())
+    exact, block = _exact_l2(a, Fraction(s), rank)
+    order = torch.sort(-x, descending=True).indices  # the permutation the solver uses
+    expected = torch.empty(len(ks), dtype=torch.float64)
+    expected[order if rank else torch.arange(len(ks))] = torch.tensor(
+        [float(v) for v in exact], dtype=torch.float64
+    )
+    xt = x.to(dtype).requires_grad_()
+    jacobian = torch.autograd.functional.jacobian(
+        lambda t: _soft(rank)(t, regularization_strength=s), xt
+    )
+    out = _soft(rank)(xt.detach(), regularization_strength=s)
+    ulp = torch.finfo(dtype).eps * abs(magnitude)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=4 * ulp if not rank else 1e-6)
+    if not rank:  # the kit's reference too (its rank divides the values by s before it pools)
+        kit = torch.tensor(reference_soft_sort(x, s), dtype=torch.float64)
+        torch.testing.assert_close(out.double(), kit, rtol=0, atol=4 * ulp)
+    # the Jacobian in sorted order: block averaging (sort) or (identity - averaging) / s (rank)
+    sizes = torch.bincount(torch.tensor(block))[torch.tensor(block)].double()
+    same = torch.tensor(block)[:, None] == torch.tensor(block)[None, :]
+    averaging = same / sizes[:, None]
+    want = averaging if not rank else (torch.eye(len(ks), dtype=torch.float64) - averaging) / s
+    have = jacobian.double()[:, order][order] if rank else jacobian.double()[:, order]
+    torch.testing.assert_close(have, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("s", [1e-12, 1e-14, 1e-16, 1e-308])
+@pytest.mark.parametrize("reg", REGS)
+def test_ranks_of_ties_at_small_strengths(reg: str, s: float, scale: float) -> None:
+    """``[3, 1, 2, 2]`` (times 300: values near 900) gives ``[4, 1, 2.5, 2.5]`` at any small
+    strength, as the l2 rank and the kit's reference: the kl rank gave ``[4, 1, 5, 5]`` at
+    1e-16 (its softmax lost ``log 2`` against ``a / s ~ 2e16``), 8e-5 off at 1e-12; the l2 rank
+    gave ``[4, 1, 2, 3]`` at 1e-308 (``a / s`` overflowed)."""
+    x = torch.tensor([[3.0, 1.0, 2.0, 2.0]], dtype=torch.float64) * scale
+    expected = torch.tensor([[4.0, 1.0, 2.5, 2.5]], dtype=torch.float64)
+    for stage in STAGES:
+        out = _soft(True, stage)(x, regularization=reg, regularization_strength=s)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    if s >= 1e-16:  # the kit's reference divides by s first: a / s overflows at 1e-308
+        torch.testing.assert_close(
+            out[0], torch.tensor(reference_soft_rank(x[0], s, reg)), rtol=0, atol=1e-12
+        )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(-4, 4), min_size=1, max_size=12),
+    st.sampled_from([0.0, 0.1, -900.0, 1e12, 2.0**-1000]),
+    st.floats(-320, -3),
+    st.sampled_from(REGS),
+    st.sampled_from(list(STAGES)),
+)
+def test_small_strengths_give_the_exact_limit(
+    ks: list[int], offset: float, log10_s: float, reg: str, stage: str
+) -> None:
+    """Values ``c + q k`` with ties (any magnitude ``c``, steps ``q`` of 10^3 n ``s`` or more,
+    ``s`` from 1e-3 down to 1e-320, so that ``q / s`` is large and ``q s`` small): the soft
+    ranks are the hard ranks with ties averaged (``scipy.stats.rankdata``), the soft sort is
+    the hard sort. The mean of a tied block is not
+    its value in floating point (three 0.1 average to 0.10000000000000002), and at small ``s``
+    the rank divided that rounding by ``s`` (-1385 at 1e-20)."""
+    stats = pytest.importorskip("scipy.stats")
+    s = 10.0**log10_s
+    step = max(abs(offset) * 2.0**-40, s * 1e3 * len(ks))
+    x = torch.tensor([offset + step * k for k in ks], dtype=torch.float64)
+    expected = torch.tensor(stats.rankdata(x.numpy(), method="average"))
+    ranks = _soft(True, stage)(x, regularization=reg, regularization_strength=s)
+    torch.testing.assert_close(ranks, expected, rtol=0, atol=1e-9)
+    sort = _soft(False, stage)(x, regularization=reg, regularization_strength=s)
+    torch.testing.assert_close(sort, torch.sort(x).values, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -445,37 +566,7 @@ def test_dim_descending_and_leading_shapes(reg: str) -> None:
     torch.testing.assert_close(ranks, soft_rank(-x, regularization=reg))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_device_and_dtype_preserved(dtype: torch.dtype, device: torch.device) -> None:
-    x = torch.randn(2, 5).to(dtype).to(device)
-    for fn in (soft_sort, soft_rank, hard_sort):
-        out = fn(x)
-        assert out.dtype == x.dtype and out.device == x.device and out.shape == x.shape
-
-
 # --------------------------------------------------------------------------- transforms
-
-
-@pytest.mark.parametrize("reg", REGS)
-@pytest.mark.parametrize("rank", [False, True])
-def test_torch_compile_fullgraph(reg: str, rank: bool) -> None:
-    """The solver is a ``torch.library`` custom op, so the graph has no break. ``aot_eager``
-    traces with dynamo and AOTAutograd (the fake and autograd registrations) without needing
-    a C++ compiler."""
-    torch._dynamo.reset()
-
-    def loss(t: torch.Tensor) -> torch.Tensor:
-        out = _soft(rank)(t * 2, regularization=reg, regularization_strength=0.5, dim=0)
-        return (out * torch.arange(out.shape[0], dtype=out.dtype)[:, None]).sum()
-
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    x = _inputs("heavy", (40, 3), seed=2) / 8
-    eager_x, compiled_x = x.clone().requires_grad_(), x.clone().requires_grad_()
-    loss(eager_x).backward()
-    value = compiled(compiled_x)
-    value.backward()
-    torch.testing.assert_close(value, loss(x))
-    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
 
 
 @pytest.mark.parametrize("rank", [False, True])
@@ -528,9 +619,6 @@ def test_vmap_and_func_grad(rank: bool) -> None:
         (lambda x: soft_rank(x, regularization="entropic"), ValueError, "regularization"),
         (lambda x: soft_sort(x, backend="cuda"), ValueError, "backend must be one of"),
         (lambda x: soft_rank(x, backend="sinkhorn"), ValueError, "backend must be one of"),
-        (lambda x: soft_sort(x.long()), TypeError, "floating-point"),
-        (lambda x: soft_rank(x.bool()), TypeError, "floating-point"),
-        (lambda x: soft_sort(x.tolist()), TypeError, "torch.Tensor"),
         (lambda x: soft_sort(x[0, 0]), ValueError, "at least 1 dimension"),
         (lambda x: soft_sort(x[:, :0]), ValueError, "must not be empty"),
         (lambda x: soft_sort(x, dim=2), ValueError, "dim must be in"),
@@ -570,15 +658,6 @@ def test_bad_arguments(call: Callable[[torch.Tensor], object], error: type, matc
         call(torch.randn(2, 4))
 
 
-@pytest.mark.parametrize("fn", [soft_sort, soft_rank])
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_input_raises_when_checked(fn: SoftFn, bad: float) -> None:
-    x = torch.randn(2, 5)
-    x[1, 2] = bad
-    with pytest.raises(ValueError, match="x must be finite"):
-        fn(x)
-
-
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("rank", [False, True])
 def test_non_finite_rows_give_nan_rows_when_unchecked(
@@ -595,9 +674,9 @@ def test_non_finite_rows_give_nan_rows_when_unchecked(
     assert bool(x.grad[0].isfinite().all())
 
 
-def test_torchsort_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchsort_missing_gives_a_working_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torchsort", None)
-    with pytest.raises(ImportError, match=r"pip install aot-losses\[torchsort\]"):
+    with pytest.raises(ImportError, match="`pip install --no-build-isolation torchsort`"):
         soft_sort(torch.randn(2, 4), backend="torchsort")
 
 
@@ -651,6 +730,58 @@ def test_sinkhorn_gradcheck(targets: str) -> None:
     assert torch.autograd.gradcheck(
         lambda t: _sinkhorn(t, epsilon=1.0, max_iter=100000, tol=1e-13, targets=targets), (x,)
     )
+
+
+#: Small inputs whose Sinkhorn iterations converge (the implicit gradient is that of the fixed
+#: point). At small epsilon the plans of most are permutations up to rounding: the implicit
+#: system is singular in float64, and the backward raised ``linalg.solve: singular`` on the 10
+#: marked ``singular`` before it solved it by a pseudo-inverse.
+SINKHORN_SMALL = [
+    *[([0.0, 1.0], eps, "sorted") for eps in (1.0, 0.1, 0.01, 1e-3)],  # singular below 1
+    *[([1.0, 0.0], eps, "sorted") for eps in (0.1, 0.03, 0.01, 1e-3)],  # singular
+    ([0.0, 1.0], 0.03, "sorted"),  # singular
+    ([0.0, 1.0], 1e-3, "grid"),  # singular
+    ([1.0, 0.0], 1e-3, "grid"),  # singular
+    ([0.0, 1.0], 1.0, "grid"),
+    ([0.0, 1.0, 3.0], 1.0, "sorted"),
+    ([0.0, 1.0, 3.0], 0.01, "sorted"),
+    ([3.0, 0.0, 1.0], 0.1, "grid"),
+    ([0.0, 1.0, 2.0], 0.03, "sorted"),
+    ([-1.0, 0.0, 5.0], 0.1, "grid"),
+    ([0.3, -1.2, 2.0, 0.9], 1.0, "sorted"),
+    ([0.3, -1.2, 2.0, 0.9], 0.03, "grid"),
+    ([2.0, -1.0, 0.0, 7.0], 1e-3, "sorted"),
+    ([5.0, -3.0, 0.5, 0.0, 1.0], 0.03, "sorted"),
+    ([5.0, -3.0, 0.5, 0.0, 1.0], 1.0, "grid"),
+]
+
+
+@pytest.mark.parametrize(("x", "epsilon", "targets"), SINKHORN_SMALL)
+def test_sinkhorn_gradient_equals_finite_differences_at_small_epsilon(
+    x: list[float], epsilon: float, targets: str
+) -> None:
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: _sinkhorn(t, epsilon=epsilon, max_iter=3000, tol=1e-12, targets=targets), (t,)
+    )
+
+
+def test_sinkhorn_backward_at_the_default_strength() -> None:
+    """The reported cases: the last output of ``[0, 1]`` at epsilon 0.1 (the plan is the
+    identity up to 1e-17: the gradient is the hard sort's, ``(0, 1)``), and the paired AOT loss
+    of batch 2 through the Sinkhorn soft sort at its default strength 0.1."""
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    _sinkhorn(x, epsilon=0.1)[-1].backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    logps = [torch.tensor(pair, dtype=torch.float64) for pair in ([-3.0, -5.0], [-6.0, -4.0])]
+    policy = [t.clone().requires_grad_() for t in logps]
+
+    def loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+        return aot_paired_loss(
+            chosen, rejected, logps[0] - 1, logps[1] + 1, sort="soft", sort_backend="sinkhorn"
+        )
+
+    assert torch.autograd.gradcheck(loss, policy)
 
 
 def test_sinkhorn_layout_dtype_and_defaults() -> None:
@@ -758,8 +889,8 @@ def test_accelerator_schedule_bounds_the_host_reads(
         x = x.clone().to(device)
         x[-1, 0] = math.nan  # a non-finite row costs no read
         x.requires_grad_()
-        with _stage("accelerator"), _HostReads() as forward:
-            out = _soft(rank)(x, regularization=reg, regularization_strength=s)
+        with _HostReads() as forward:
+            out = _soft(rank, "accelerator")(x, regularization=reg, regularization_strength=s)
         assert forward.count <= 6, (s, forward.count)
         if reads is not None and not rank:
             assert forward.count == reads, (s, forward.count)
