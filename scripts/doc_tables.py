@@ -6,8 +6,8 @@
 ``docs/benchmarks.md``: the ``bench_sort`` and ``bench_losses`` sections (CPU, and CUDA: a CUDA
 section whose JSON is absent says so) and ``bench_distributed``, from
 ``benchmarks/results/{sort,losses}_{cpu,cuda}.json`` and ``distributed_cpu.json``.
-``docs/alignment.md``: the ``alignment``, ``alignment_quick``, ``alignment_regimes`` and
-``alignment_regimes_quick`` sections and their plots in ``docs/img/``, from the JSON of the same
+``docs/alignment.md``: the ``alignment``, ``alignment_quick``, ``alignment_regimes``,
+``alignment_regimes_quick`` and ``instructions_{cpu,gpu}`` sections and their plots in ``docs/img/``, from the JSON of the same
 names, by the studies' own ``report`` (what their ``--report`` runs). Only the text between a
 section's ``<!-- key:begin -->`` and ``<!-- key:end -->`` markers is generated; the prose
 around it is written by hand. A test (``tests/benchmarks/test_doc_tables.py``) fails when a
@@ -25,7 +25,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import alignment, alignment_regimes, bench_distributed, bench_losses, bench_sort
+from benchmarks import (
+    alignment,
+    alignment_regimes,
+    bench_distributed,
+    bench_losses,
+    bench_sort,
+    instructions,
+)
 from benchmarks.common import RESULTS, ROOT, replace_section, section_key
 
 __all__ = ["DOCS_DIR", "PAGES", "benchmark_sections", "main", "rebuild", "stale"]
@@ -39,6 +46,8 @@ STUDIES = (
     (alignment, "alignment_quick"),
     (alignment_regimes, "alignment_regimes"),
     (alignment_regimes, "alignment_regimes_quick"),
+    (instructions, "instructions_cpu"),
+    (instructions, "instructions_gpu"),
 )
 NOT_MEASURED = (
     "Not yet measured: `bash benchmarks/gpu_check.sh` on a machine with a CUDA GPU writes this "
