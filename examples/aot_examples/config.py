@@ -17,10 +17,20 @@ from typing import Any, get_args
 from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
-from .losses import DEFAULT_BETA, LOSSES, PAIRED_LOSSES
+from .losses import LOSSES, LossSpec
 from .tokenization import check_lengths
-from .toy import DATA_KINDS, ToyConfig
-from .toy.evaluation import PROMPT_SPLITS, PromptSplit
+from .toy.preferences import DATA_KINDS
+from .toy.task import PROMPT_SPLITS, PromptSplit, ToyConfig
+
+__all__ = [
+    "EMBEDDED_BETA",
+    "EMBEDDED_DEFAULTS",
+    "AlignConfig",
+    "build_parser",
+    "embedded_defaults",
+    "parse_args",
+    "to_args",
+]
 
 #: Each loss's beta on the embedded task: the best of the per-method sweep (0.03 to 10) of
 #: ``benchmarks/alignment.py`` (docs/alignment.md). AOT's is its least-squares margin, DPO's and
@@ -137,23 +147,12 @@ class AlignConfig:
         check_lengths(self.max_length, self.max_prompt_length)
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"--eval-fraction must lie in [0, 1), got {self.eval_fraction}")
-        if self.beta is not None and not self.beta > 0:
-            raise ValueError(f"--beta must be positive, got {self.beta}")
-        for name in ("desirable_weight", "undesirable_weight"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-            if value != 1 and self.loss != "kto":
-                raise ValueError(f"--{name.replace('_', '-')} applies to --loss kto only")
-        if self.pair_within_batch and self.loss not in PAIRED_LOSSES:
-            raise ValueError(
-                f"--pair-within-batch applies to the paired losses {PAIRED_LOSSES}, not "
-                f"--loss {self.loss} (which takes unpaired data as it is)"
-            )
+        _ = self.loss_spec  # checks the loss options
 
     @property
-    def loss_beta(self) -> float:
-        return DEFAULT_BETA[self.loss] if self.beta is None else self.beta
+    def loss_spec(self) -> LossSpec:
+        """The loss and its options (the fields of :class:`LossSpec`)."""
+        return LossSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossSpec)})
 
 
 #: The embedded task's settings of the loop; the lengths come from its config.

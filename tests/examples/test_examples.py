@@ -164,7 +164,7 @@ def test_each_loss_is_the_library_function(loss: str) -> None:
         "kto": lambda: baselines.kto_loss(*tensors, beta=0.5, **weights),
     }[loss]()
     logps = PreferenceLogps(*tensors, paired=loss in PAIRED_LOSSES)
-    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
 
 
 def test_paired_losses_refuse_unpaired_data(micro_task: toy.Artifacts) -> None:
@@ -200,7 +200,7 @@ def test_within_batch_pairs_take_the_desirable_completions_in_turn() -> None:
     expected = baselines.dpo_loss(
         pairs.policy_chosen, rejected, pairs.reference_chosen, rejected - 1, beta=0.5
     )
-    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs an unpaired batch"):
         within_batch_pairs(pairs)
     none, three = torch.zeros(0), torch.zeros(3)

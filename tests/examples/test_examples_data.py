@@ -1,9 +1,12 @@
 """Tests of the examples' data path (package ``aot_examples``): records and their errors, the
-options' checks, tokenizing once with truncation, padded batches, the batch order."""
+options' checks, tokenizing once with truncation, padded batches, the batch order, and the
+package's import graph."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
 import re
 from pathlib import Path
@@ -282,3 +285,68 @@ def test_batch_schedule_is_deterministic_and_sharded() -> None:
     unpaired = [data.UnpairedExample("a=", "a", i % 4 == 0) for i in range(40)]
     schedule = BatchSchedule.for_examples(unpaired, 8, seed=0, rank=0, world_size=1)
     assert [sum(unpaired[i].label for i in schedule.indices(k)) for k in range(5)] == [2] * 5
+
+
+# --------------------------------------------------------------------------------------------
+# The package's structure
+# --------------------------------------------------------------------------------------------
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module name -> the package's modules it imports (type-only imports included), read with
+    ``ast``. Importing ``a.b.c`` runs ``a.b`` too, so that counts as an import of ``a.b``
+    (unless the importer lies inside ``a.b``)."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, parts[-1] == "__init__")
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        here = name if is_package else name.rpartition(".")[0]
+        targets: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *filter(None, [node.module])])
+                targets += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        graph[name] = set()
+        for target in filter(modules.__contains__, targets):
+            parts = target.split(".")
+            parents = (".".join(parts[:i]) for i in range(1, len(parts)))
+            graph[name] |= {target, *(p for p in parents if not name.startswith(p + "."))}
+        graph[name] -= {name}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` (its modules in import order, the first repeated at the end), or
+    ``None`` when it is acyclic (depth-first search)."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        for target in sorted(graph[module]):
+            cycle = visit(target, [*path, module])
+            if cycle:
+                return cycle
+        done.add(module)
+        return None
+
+    return next(filter(None, (visit(m, []) for m in sorted(graph))), None)
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """No chain of imports (type-only ones included) leads from a module of ``aot_examples``
+    back to itself: each module can be read, tested and changed knowing only what it imports."""
+    graph = import_graph(Path(inspect.getfile(data)).parent)
+    assert len(graph) > 15 and "aot_examples.losses" in graph["aot_examples.config"]
+    assert import_cycle(graph) is None, " -> ".join(import_cycle(graph) or [])
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -22,12 +22,7 @@ from ..report import preference_metrics
 from ..tokenization import encode_examples
 from .artifacts import Artifacts
 from .reference import sample
-from .task import ToyConfig, decode, make_splits, reward, token_ids
-
-#: The held-out prompt sets a policy is measured on: ``validation`` is the task's ``eval``
-#: prompts (those of the held-out pairs), ``test`` its ``test`` prompts.
-PromptSplit: TypeAlias = Literal["validation", "test"]
-PROMPT_SPLITS: tuple[PromptSplit, ...] = ("validation", "test")
+from .task import PROMPT_SPLITS, PromptSplit, ToyConfig, decode, make_splits, reward, token_ids
 
 #: The quantile level of the lower tail of the reward (:func:`reward_metrics`).
 LOWER_QUANTILE = 0.1
