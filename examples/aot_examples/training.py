@@ -35,7 +35,14 @@ from .checkpoints import (
 from .config import AlignConfig
 from .data import load_splits
 from .losses import LossSpec, PreferenceLogps, check_data_format, preference_loss
-from .modeling import batch_logps, check_context, load_policy, load_tokenizer, score_examples
+from .modeling import (
+    ModelSource,
+    batch_logps,
+    check_context,
+    load_policy,
+    load_tokenizer,
+    score_examples,
+)
 from .report import preference_metrics
 from .tokenization import EncodedExample, encode_examples
 from .tracking import MetricsLog, RunningStats
@@ -96,9 +103,10 @@ class Trainer:
             raise ValueError("training needs --model and --dataset")
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        check_context(cfg.model, cfg.max_length)  # before loading data or weights
+        source = ModelSource.resolve(cfg.model)
+        check_context(source, cfg.max_length)  # before loading data or weights
         set_seed(cfg.seed)  # python, numpy, torch: the LoRA initialization
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(source)
         train_records, eval_records = load_splits(
             cfg.dataset,
             cfg.dataset_split,
@@ -114,11 +122,11 @@ class Trainer:
 
         targets = cfg.lora_target_modules
         model = load_policy(
-            cfg.model,
+            source,
             lora_r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
-            target_modules=targets if targets == "all-linear" else targets.split(","),
+            target_modules=targets if targets in ("auto", "all-linear") else targets.split(","),
             dtype=getattr(torch, cfg.dtype),
             gradient_checkpointing=cfg.gradient_checkpointing,
         )
@@ -253,7 +261,9 @@ class Trainer:
             # gathers FSDP shards (all processes)
             state_dict = self.accelerator.get_state_dict(self.model)
             if self.accelerator.is_main_process:
-                self.peft_model.save_pretrained(str(self.out / "adapter"), state_dict=state_dict)
+                self.peft_model.save_pretrained(
+                    str(self.out / "adapter"), state_dict=state_dict, save_embedding_layers=False
+                )
                 self.tokenizer.save_pretrained(self.out / "adapter")
         return TrainResult(
             self.global_step,

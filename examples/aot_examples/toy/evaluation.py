@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from aot_losses import diagnostics
 
 from ..batching import Batch, collate
 from ..data import read_jsonl
 from ..losses import PreferenceLogps
-from ..modeling import load_tokenizer, sequence_logps
+from ..modeling import load_adapter, load_tokenizer, sequence_logps
 from ..report import preference_metrics
 from ..tokenization import encode_examples
 from .artifacts import Artifacts
@@ -116,8 +116,7 @@ def evaluate_policy(
     """
     cfg, reference_dir = artifacts.config, artifacts.reference_dir
     tokenizer = load_tokenizer(str(reference_dir))
-    base = GPT2LMHeadModel.from_pretrained(reference_dir)
-    policy = PeftModel.from_pretrained(base, adapter_dir).eval()
+    policy = load_adapter(str(reference_dir), adapter_dir)
     if prompts not in PROMPT_SPLITS:
         raise ValueError(f"prompts must be one of {PROMPT_SPLITS}, got {prompts!r}")
     splits = make_splits(cfg)
