@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .batching import Batch, collate
 from .losses import PreferenceLogps
-from .tokenization import EncodedExample
+from .tokenization import EncodedExample, require_eos
 
 __all__ = [
     "SHORTCUTS",
@@ -135,9 +135,14 @@ def as_source(model: str | ModelSource) -> ModelSource:
 
 def load_tokenizer(model: str | ModelSource) -> PreTrainedTokenizerBase:
     """``AutoTokenizer`` of ``model`` (see :meth:`ModelSource.resolve`) with a pad token (EOS
-    when the tokenizer has none; padded positions are masked, so the choice does not matter)."""
+    when the tokenizer has none; padded positions are masked, so the choice does not matter).
+
+    Raises:
+        ValueError: a tokenizer without an EOS token (:func:`~.tokenization.require_eos`).
+    """
     source = as_source(model)
     tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs)
+    require_eos(tokenizer, f"--model {source.name}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

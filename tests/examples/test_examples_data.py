@@ -452,3 +452,24 @@ def test_a_policy_loads_without_warnings(tmp_path: Path, tokenizer: Any) -> None
         warnings.simplefilter("error")
         policy = modeling.load_policy(str(tmp_path), lora_r=2, lora_alpha=4)
     assert all(m.fan_in_fan_out for m in policy.modules() if hasattr(m, "fan_in_fan_out"))
+
+
+LENGTHS = {"max_length": 8, "max_prompt_length": 4}
+
+
+def test_a_tokenizer_without_eos_is_refused_before_any_example_is_encoded(
+    tmp_path: Path,
+) -> None:
+    """Completions end with EOS; without one, encoding failed deep inside with ``TypeError:
+    'NoneType' object cannot be interpreted as an integer``."""
+    no_eos = toy.build_tokenizer("abcd")
+    no_eos.eos_token = None
+    assert no_eos.eos_token_id is None
+    with pytest.raises(ValueError, match=r"the tokenizer has no EOS token \(eos_token is None\)"):
+        encode_examples([data.PairedExample("ab=", "ab", "ba")], no_eos, **LENGTHS)
+    toy.build_model(toy.ToyConfig(n_layer=1), toy.build_tokenizer("abcd")).save_pretrained(tmp_path)
+    no_eos.save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match=re.escape(f"--model {tmp_path}: the tokenizer has no EOS")
+    ):
+        modeling.load_tokenizer(str(tmp_path))
