@@ -355,6 +355,27 @@ def test_max_length_beyond_the_model_fails_before_training(
     assert "(10 positions" in done.stderr and not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_evaluation_data_of_one_label_fails_before_training(
+    tmp_path: Path, micro_task: toy.Artifacts
+) -> None:
+    """An unpaired loss measured on desirable completions alone trained, then died at its
+    first evaluation (``policy_rejected_logps must not be empty``), and so did ``--resume``."""
+    records = micro_task.dataset("unpaired", "eval").read_text().splitlines()
+    desirable = [line for line in records if json.loads(line)["label"]]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(desirable) + "\n")
+    out = tmp_path / "run"
+    for resume in ([], ["--resume"]):
+        args = user_args(out, micro_task, "--loss", "kto", *resume)
+        args[args.index("--dataset") + 1] = str(micro_task.dataset("unpaired", "train"))
+        args[args.index("--eval-dataset") + 1] = str(good)
+        done = run_align(args, capture_output=True, text=True, timeout=600)
+        assert done.returncode != 0
+        expected = f"the evaluation data (--eval-dataset {good}) holds {len(desirable)} desirable"
+        assert f"{expected} and 0 undesirable completion(s)" in done.stderr
+        assert not (out / "metrics.jsonl").exists()  # before training
+
+
 def test_accelerate_configs_load() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 

@@ -122,6 +122,30 @@ def test_held_out_split_leaves_examples_to_train_on(tmp_path: Path) -> None:
         split(twenty, unpaired, 0.05)
 
 
+def test_unpaired_splits_with_one_label_are_refused_naming_split_and_counts(
+    tmp_path: Path,
+) -> None:
+    """Unpaired data of 36 desirable to 4 undesirable records, 5 % held out: the 2 held-out
+    records are both desirable, and the first evaluation died after training with
+    ``policy_rejected_logps must not be empty``."""
+    bad = {**UNPAIRED, "label": False}
+    lines = [json.dumps(UNPAIRED)] * 36 + [json.dumps(bad)] * 4
+    mixed = str(write_lines(tmp_path / "mixed.jsonl", lines))
+    good_only = str(write_lines(tmp_path / "good.jsonl", [json.dumps(UNPAIRED)] * 3))
+    message = (
+        r"the evaluation data \(2 record\(s\) held out of --dataset .*mixed\.jsonl by "
+        r"--eval-fraction 0\.05\) holds 2 desirable and 0 undesirable completion\(s\).*"
+        r"give --eval-dataset, a larger --eval-fraction, or --eval-fraction 0"
+    )
+    with pytest.raises(data.DataError, match=message):
+        split(mixed, None, 0.05)
+    assert [len(s) for s in split(mixed, None, 0.25)] == [30, 10]  # both labels held out
+    with pytest.raises(data.DataError, match=r"--eval-dataset .*good\.jsonl\) holds 3 desir"):
+        split(mixed, good_only, 0.05)
+    with pytest.raises(data.DataError, match=r"training data \(--dataset .*good\.jsonl\) holds"):
+        split(good_only, mixed, 0.05)
+
+
 # --------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------
