@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from aot_examples import toy
-from aot_examples.checkpoints import SUMMARY, existing_run, write_atomically
+from aot_examples.checkpoints import SUMMARY, existing_run, read_summary, write_atomically
 from aot_examples.config import EMBEDDED_BETA, AlignConfig, parse_args
 from aot_examples.losses import PAIRED_LOSSES, preference_loss
 from aot_examples.report import eval_summary, quantile_figure, summary_table
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(cfg.output_dir)
     if (out / SUMMARY).exists():  # a finished run is never redone: its results are shown
         accelerator.print(f"{out} holds a finished run (a new one needs another --output-dir)")
-        accelerator.print(summary_table(json.loads((out / SUMMARY).read_text())))
+        accelerator.print(summary_table(read_summary(out)))
         return
     previous = existing_run(out)
     if not cfg.resume and previous is not None:

@@ -25,11 +25,13 @@ from .toy.task import PROMPT_SPLITS, PromptSplit, ToyConfig
 __all__ = [
     "EMBEDDED_BETA",
     "EMBEDDED_DEFAULTS",
+    "RESUME_MAY_CHANGE",
     "AlignConfig",
     "build_parser",
     "embedded_defaults",
     "parse_args",
     "to_args",
+    "training_options",
 ]
 
 #: Each loss's beta on the embedded task: the best of the per-method sweep (0.03 to 10) of
@@ -37,6 +39,25 @@ __all__ = [
 #: KTO's a logistic scale, IPO's sets the target margin 1 / (2 beta).
 EMBEDDED_BETA = {"aot_paired": 4.0, "aot_unpaired": 4.0, "dpo": 1.0, "ipo": 0.1, "kto": 4.0}
 
+
+#: Options that a resumed run may change (:func:`training_options` leaves them out): the
+#: directory itself, where it stops (``stop_after``), the length of training (``max_steps``,
+#: ``num_epochs``: the schedule is rebuilt for the new length, so a longer run extends it),
+#: when it logs, evaluates and checkpoints, and evaluation and memory settings that leave the
+#: training arithmetic alone. Every other option must be the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "output_dir",
+    "resume",
+    "stop_after",
+    "max_steps",
+    "num_epochs",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "eval_batch_size",
+    "gradient_checkpointing",
+    "toy_eval_prompts",
+)
 
 #: Options that count something: at least 1 when given.
 _COUNTS = (
@@ -161,6 +182,12 @@ class AlignConfig:
     def loss_spec(self) -> LossSpec:
         """The loss and its options (the fields of :class:`LossSpec`)."""
         return LossSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossSpec)})
+
+
+def training_options(cfg: AlignConfig) -> dict[str, Any]:
+    """The options that a checkpoint records and a resume must repeat: all but
+    :data:`RESUME_MAY_CHANGE`."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
 
 
 #: The embedded task's settings of the loop; the lengths come from its config.

@@ -28,11 +28,13 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from .batching import BatchSchedule, collate
 from .checkpoints import (
     TrainerState,
+    check_same_options,
     keep_trainable_weights,
+    latest_checkpoint,
     restore_checkpoint,
     save_checkpoint,
 )
-from .config import AlignConfig
+from .config import AlignConfig, training_options
 from .data import load_splits
 from .losses import LossSpec, PreferenceLogps, check_data_format, preference_loss
 from .modeling import (
@@ -98,11 +100,19 @@ class Trainer:
         Each optimizer step runs ``gradient_accumulation_steps`` micro-batches; a micro-batch is
         ``per_device_batch_size`` examples on each process. AOT losses sort the *global*
         micro-batch (all processes) unless ``global_sort`` is off.
+
+        Raises:
+            ValueError: a resume whose training options differ from its checkpoint's
+                (:func:`~.checkpoints.check_same_options`), or whose length ends before it;
+                a damaged checkpoint; see also the data and model loaders.
         """
         if cfg.model is None or cfg.dataset is None:  # main() fills them in for the tasks
             raise ValueError("training needs --model and --dataset")
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        checkpoint = latest_checkpoint(out) if cfg.resume else None
+        if checkpoint is not None:  # before anything loads
+            check_same_options(checkpoint[0], checkpoint[1].options, training_options(cfg))
         source = ModelSource.resolve(cfg.model)
         check_context(source, cfg.max_length)  # before loading data or weights
         set_seed(cfg.seed)  # python, numpy, torch: the LoRA initialization
@@ -156,10 +166,15 @@ class Trainer:
         metrics = MetricsLog(out / "metrics.jsonl", writer=accelerator.is_main_process)
         stats = RunningStats(accelerator.device)
         if cfg.resume:
-            state = restore_checkpoint(accelerator, out, stats, metrics)
+            state = restore_checkpoint(accelerator, checkpoint, stats, metrics)
         else:
             state = TrainerState()
             metrics.truncate(0)
+        if state.step > total_steps:
+            raise ValueError(
+                f"--resume: the checkpoint is at step {state.step}, beyond the {total_steps} "
+                "steps of this run (--max-steps / --num-epochs)"
+            )
         progress = tqdm(
             total=total_steps,
             initial=state.step,
@@ -230,7 +245,8 @@ class Trainer:
         if self.eval_examples and step % cfg.eval_every == 0 and step < self.total_steps:
             self.evaluate()
         if cfg.save_every and step % cfg.save_every == 0:
-            state = TrainerState(step, self.micro_step, self.metrics.size())
+            options = training_options(cfg)
+            state = TrainerState(step, self.micro_step, self.metrics.size(), options=options)
             save_checkpoint(accelerator, self.out, state, self.stats)
 
     def evaluate(self) -> PreferenceLogps:

@@ -345,6 +345,50 @@ def test_a_run_killed_after_its_last_checkpoint_completes_once(
     assert (run / "quantiles.png").exists()
 
 
+def test_a_resume_with_other_training_options_is_refused(
+    tmp_path: Path, micro_task: toy.Artifacts, uninterrupted: tuple[Path, str]
+) -> None:
+    """Checkpointed with aot_paired and 8 pairs per step, resumed with dpo and 4: that ran to
+    the end, and its summary named dpo and 4 for steps that were not."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    (run / "summary.json").unlink()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = ["--resume", "--loss", "dpo", "--per-device-batch-size", "4"]
+    done = run_align(user_args(run, micro_task, *other), capture_output=True, text=True)
+    assert done.returncode != 0
+    checkpoint = run / "checkpoints" / "step-0000006"
+    assert f"--resume: {checkpoint} was written with other training options: " in done.stderr
+    assert "--loss aot_paired (now dpo), --per-device-batch-size 8 (now 4);" in done.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
+def test_damaged_json_files_name_the_file_and_what_to_do(
+    tmp_path: Path, micro_task: toy.Artifacts, uninterrupted: tuple[Path, str]
+) -> None:
+    """A damaged summary.json or trainer_state.json gave a bare JSONDecodeError; following the
+    advice now completes the run as if nothing had happened."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    (run / "summary.json").write_text('{"steps": 6, "eval_')
+    done = run_align(user_args(run, micro_task), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{run / 'summary.json'} is damaged (not JSON: " in done.stderr
+    assert "delete the file and run the same command with --resume" in done.stderr
+    (run / "summary.json").unlink()
+    last = run / "checkpoints" / "step-0000006"
+    (last / "trainer_state.json").write_text("")
+    done = run_align(user_args(run, micro_task, "--resume"), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{last / 'trainer_state.json'} is damaged (not JSON: " in done.stderr
+    assert f"delete {last} to resume from the checkpoint before it" in done.stderr
+    shutil.rmtree(last)
+    # options that may change on a resume: checkpoint and log cadence, the stop, the length
+    allowed = ["--resume", "--save-every", "100", "--stop-after", "6"]
+    assert "resumed from" in align(user_args(run, micro_task, *allowed)).stdout
+    assert_same_run(run, uninterrupted[0])
+
+
 def test_max_length_beyond_the_model_fails_before_training(
     tmp_path: Path, micro_task: toy.Artifacts
 ) -> None:

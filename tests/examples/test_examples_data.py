@@ -21,7 +21,15 @@ for _module in ("transformers", "peft", "accelerate", "matplotlib", "tqdm"):
 
 from aot_examples import data, modeling, toy  # noqa: E402
 from aot_examples.batching import BatchSchedule, collate  # noqa: E402
-from aot_examples.config import AlignConfig, embedded_defaults, parse_args, to_args  # noqa: E402
+from aot_examples.checkpoints import check_same_options  # noqa: E402
+from aot_examples.config import (  # noqa: E402
+    RESUME_MAY_CHANGE,
+    AlignConfig,
+    embedded_defaults,
+    parse_args,
+    to_args,
+    training_options,
+)
 from aot_examples.tokenization import encode, encode_examples  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
@@ -497,3 +505,15 @@ def test_a_tokenizer_without_eos_is_refused_before_any_example_is_encoded(
         ValueError, match=re.escape(f"--model {tmp_path}: the tokenizer has no EOS")
     ):
         modeling.load_tokenizer(str(tmp_path))
+
+
+def test_resumes_compare_the_training_options(tmp_path: Path) -> None:
+    cfg = AlignConfig("out", model="m", dataset="d.jsonl")
+    saved = training_options(cfg)
+    assert "loss" in saved and not set(saved) & set(RESUME_MAY_CHANGE)
+    later = dataclasses.replace(cfg, resume=True, max_steps=20, log_every=1, eval_every=5)
+    check_same_options(tmp_path, saved, training_options(later))  # may change
+    check_same_options(tmp_path, None, training_options(later))  # an older checkpoint
+    other = dataclasses.replace(later, seed=1, lora_target_modules="q_proj")
+    with pytest.raises(ValueError, match=r"--lora-target-modules auto \(now q_proj\), --seed 0 "):
+        check_same_options(tmp_path, saved, training_options(other))
