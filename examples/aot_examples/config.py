@@ -17,7 +17,7 @@ from typing import Any, get_args
 from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
-from .losses import LOSSES, LossSpec
+from .losses import DEFAULT_BETA, LOSSES, LossSpec
 from .tokenization import check_lengths
 from .toy.preferences import DATA_KINDS
 from .toy.task import PROMPT_SPLITS, PromptSplit, ToyConfig
@@ -74,6 +74,11 @@ _COUNTS = (
 )
 
 
+def _betas(betas: Mapping[str, float]) -> str:
+    """``{"dpo": 0.1, ...}`` as ``"dpo 0.1, ..."`` (for the help)."""
+    return ", ".join(f"{loss} {beta:g}" for loss, beta in betas.items())
+
+
 def _opt(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
@@ -97,7 +102,9 @@ class AlignConfig:
     )
     loss: str = _opt("aot_paired", "preference loss", choices=LOSSES)
     beta: float | None = _opt(
-        None, "loss scale or margin (default: 0.01 AOT, 0.1 others; embedded task: EMBEDDED_BETA)"
+        None,
+        f"loss scale or margin (default: {_betas(DEFAULT_BETA)}; on the embedded task: "
+        f"{_betas(EMBEDDED_BETA)})",
     )
     penalty: PenaltyName = field(  # not _opt: ruff's RUF009 flags it on a Literal-typed field
         default="logistic",

@@ -25,6 +25,7 @@ from aot_examples.checkpoints import check_same_options  # noqa: E402
 from aot_examples.config import (  # noqa: E402
     RESUME_MAY_CHANGE,
     AlignConfig,
+    build_parser,
     embedded_defaults,
     parse_args,
     to_args,
@@ -517,3 +518,11 @@ def test_resumes_compare_the_training_options(tmp_path: Path) -> None:
     other = dataclasses.replace(later, seed=1, lora_target_modules="q_proj")
     with pytest.raises(ValueError, match=r"--lora-target-modules auto \(now q_proj\), --seed 0 "):
         check_same_options(tmp_path, saved, training_options(other))
+
+
+def test_the_help_shows_each_loss_beta() -> None:
+    """It showed the name ``EMBEDDED_BETA`` instead of its values."""
+    text = " ".join(build_parser().format_help().split())
+    assert "EMBEDDED_BETA" not in text
+    assert "default: aot_paired 0.01, aot_unpaired 0.01, dpo 0.1, ipo 0.1, kto 0.1;" in text
+    assert "on the embedded task: aot_paired 4, aot_unpaired 4, dpo 1, ipo 0.1, kto 4)" in text
