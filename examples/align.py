@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_examples": result.train_examples,
         "eval_examples": result.eval_examples,
         "train_time_s": time.perf_counter() - start,
+        "reference_time_s": result.reference_time_s,
     }
     if result.eval_logps is not None:
         summary |= eval_summary(

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib.util
+import math
+import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,9 +45,10 @@ __all__ = [
     "load_policy",
     "load_tokenizer",
     "lora_targets",
-    "reference_logps",
+    "score_completions",
     "score_examples",
     "sequence_logps",
+    "with_reference_logps",
 ]
 
 
@@ -286,69 +290,128 @@ def sequence_logps(model: nn.Module, batch: Batch) -> Tensor:
     return (token_logps * batch.completion_mask[:, 1:]).sum(-1)
 
 
-@torch.no_grad()
-def reference_logps(model: nn.Module, peft_model: PeftModel, batch: Batch) -> Tensor:
-    """:func:`sequence_logps` under the reference: ``model`` (possibly wrapped by DDP/FSDP)
-    run with the adapters of ``peft_model`` (the unwrapped model) disabled."""
-    with peft_model.disable_adapter():
-        return sequence_logps(model, batch)
+def batch_logps(model: nn.Module, batch: Batch, paired: bool) -> PreferenceLogps:
+    """Policy log-probs (with gradient) and the batch's reference log-probs.
 
-
-def batch_logps(
-    model: nn.Module, peft_model: PeftModel, batch: Batch, paired: bool
-) -> PreferenceLogps:
-    """Policy log-probs (with gradient) and reference log-probs (adapters off, no gradient)."""
-    reference = reference_logps(model, peft_model, batch)
+    Raises:
+        ValueError: a batch without reference log-probs (:func:`with_reference_logps`).
+    """
+    if batch.reference_logps is None:
+        raise ValueError("the batch has no reference log-probs: see with_reference_logps")
     policy = sequence_logps(model, batch)
-    c = batch.chosen
+    reference, c = batch.reference_logps, batch.chosen
     return PreferenceLogps(policy[c], policy[~c], reference[c], reference[~c], paired)
 
 
 @torch.no_grad()
-def score_examples(
+def score_completions(
     accelerator: Accelerator,
     model: nn.Module,
-    peft_model: PeftModel,
     examples: Sequence[EncodedExample],
     batch_size: int,
     pad_id: int,
-) -> PreferenceLogps:
-    """Log-probs of all ``examples``, each process scoring a strided share, gathered on all.
+) -> Tensor:
+    """:func:`sequence_logps` of every completion of ``examples`` under ``model`` (in eval
+    mode), each process scoring a strided share in batches of ``batch_size``, gathered on all.
 
     Every process runs the same number of equal-size forward passes (FSDP needs this): the
     shorter shares are padded with a repeated example, dropped after the gather.
+
+    Returns:
+        ``(len(examples), completions per example)`` float64 on the CPU.
     """
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = -(-len(examples) // world)
     index = list(range(rank, len(examples), world))
-    valid = [1.0] * len(index) + [0.0] * (per_rank - len(index))
+    valid = [True] * len(index) + [False] * (per_rank - len(index))
     index += index[:1] * (per_rank - len(index))
     rows = []
+    was_training = model.training
     model.eval()
     for start in range(0, per_rank, batch_size):
         ids = index[start : start + batch_size]
         batch = collate([examples[i] for i in ids], pad_id).to(accelerator.device)
-        policy = sequence_logps(model, batch)
-        reference = reference_logps(model, peft_model, batch)
-        rows_per_example = len(batch.chosen) // len(ids)  # 2 rows per pair, 1 per unpaired
-        rows.append(
-            torch.stack(
-                [
-                    torch.tensor(ids * rows_per_example, dtype=torch.float64),
-                    torch.tensor(
-                        valid[start : start + batch_size] * rows_per_example, dtype=torch.float64
-                    ),
-                    batch.chosen.double().cpu(),
-                    policy.double().cpu(),
-                    reference.double().cpu(),
-                ],
-                dim=1,
-            )
-        )
-    model.train()
+        values = sequence_logps(model, batch).double().view(-1, len(ids)).T  # row j*B+i
+        keep = torch.tensor(valid[start : start + batch_size], dtype=torch.float64)
+        ids_column = torch.tensor(ids, dtype=torch.float64)[:, None]
+        rows.append(torch.cat([ids_column, keep[:, None], values.cpu()], 1))
+    model.train(was_training)
     table = accelerator.gather(torch.cat(rows).to(accelerator.device)).cpu()
     table = table[table[:, 1] == 1]
-    table = table[table[:, 0].argsort(stable=True)]  # chosen i and rejected i line up
-    c = table[:, 2] == 1
-    paired = len(examples[0].completions) == 2
-    return PreferenceLogps(table[c, 3], table[~c, 3], table[c, 4], table[~c, 4], paired)
+    return table[table[:, 0].argsort()][:, 2:]
+
+
+def with_reference_logps(
+    accelerator: Accelerator,
+    model: nn.Module,
+    peft_model: PeftModel,
+    splits: Mapping[str, Sequence[EncodedExample]],
+    needed: Mapping[str, Collection[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    cache: Path,
+    reuse: bool,
+) -> dict[str, list[EncodedExample]]:
+    """The examples of every split, those of ``needed`` (indices per split) with the
+    reference's log-probs of their completions, each computed once.
+
+    The reference is ``model`` (possibly wrapped by DDP/FSDP) with the adapters of
+    ``peft_model`` (the unwrapped model) disabled; its log-probs never change during
+    training, so one forward pass per example (:func:`score_completions`, before training)
+    replaces one per example and step. They are saved to ``cache`` (``torch.save`` of a
+    ``(examples, completions)`` float64 table per split, NaN where not computed; written
+    atomically by the main process). With ``reuse`` (a resume), the values already in
+    ``cache`` are read back and only the missing ones computed (a longer run needs more).
+    """
+    shapes = {name: (len(e), len(e[0].completions) if e else 1) for name, e in splits.items()}
+    saved: dict[str, Tensor] | None = None
+    if reuse and cache.exists():
+        saved = torch.load(cache, map_location="cpu")
+        if {name: tuple(t.shape) for name, t in saved.items()} != shapes:
+            saved = None  # another run's: computed again
+    if saved is None:
+        saved = {
+            name: torch.full(shape, math.nan, dtype=torch.float64) for name, shape in shapes.items()
+        }
+    missing = {
+        name: [i for i in sorted(needed.get(name, ())) if saved[name][i].isnan().any()]
+        for name in splits
+    }
+    if any(missing.values()):
+        with peft_model.disable_adapter():
+            for name, rows in missing.items():
+                examples = [splits[name][i] for i in rows]
+                if examples:
+                    saved[name][rows] = score_completions(
+                        accelerator, model, examples, batch_size, pad_id
+                    )
+        if accelerator.is_main_process:
+            temporary = cache.with_name(cache.name + ".tmp")
+            torch.save(saved, temporary)
+            os.replace(temporary, cache)
+        accelerator.wait_for_everyone()
+    return {
+        name: [
+            e if row.isnan().any() else dataclasses.replace(e, reference_logps=tuple(row.tolist()))
+            for e, row in zip(examples, saved[name], strict=True)
+        ]
+        for name, examples in splits.items()
+    }
+
+
+def score_examples(
+    accelerator: Accelerator,
+    model: nn.Module,
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    pad_id: int,
+) -> PreferenceLogps:
+    """Policy log-probs of all ``examples`` (:func:`score_completions`) with their reference
+    log-probs (:func:`with_reference_logps`), chosen ``i`` and rejected ``i`` lined up."""
+    policy = score_completions(accelerator, model, examples, batch_size, pad_id)
+    reference = torch.tensor([e.reference_logps for e in examples], dtype=torch.float64)
+    labels = torch.tensor([e.labels for e in examples])
+    return PreferenceLogps(
+        policy[labels], policy[~labels], reference[labels], reference[~labels], policy.shape[1] == 2
+    )

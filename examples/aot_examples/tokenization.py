@@ -130,11 +130,14 @@ def encode(
 @dataclass(frozen=True)
 class EncodedExample:
     """The truncated token ids of one example: its prompt, and its completions with their labels
-    (a pair: chosen then rejected, labels ``(True, False)``; unpaired: one completion)."""
+    (a pair: chosen then rejected, labels ``(True, False)``; unpaired: one completion), and
+    once computed the reference's log-prob of each completion
+    (:func:`~.modeling.with_reference_logps`)."""
 
     prompt: Tensor
     completions: tuple[Tensor, ...]
     labels: tuple[bool, ...]
+    reference_logps: tuple[float, ...] | None = None
 
 
 def encode_examples(

@@ -44,12 +44,16 @@ from .modeling import (
     load_policy,
     load_tokenizer,
     score_examples,
+    with_reference_logps,
 )
 from .report import preference_metrics
 from .tokenization import EncodedExample, encode_examples
 from .tracking import MetricsLog, RunningStats
 
-__all__ = ["TrainResult", "Trainer"]
+__all__ = ["REFERENCE_LOGPS", "TrainResult", "Trainer"]
+
+#: The reference's log-probs of every example, computed once (in ``OUTPUT_DIR``).
+REFERENCE_LOGPS = "reference_logps.pt"
 
 
 @dataclass
@@ -62,6 +66,7 @@ class TrainResult:
     paired: bool
     train_examples: int
     eval_examples: int
+    reference_time_s: float
 
 
 @dataclass
@@ -90,12 +95,14 @@ class Trainer:
     micro_step: int
     progress: Any
     start_time: float
+    reference_time_s: float
 
     @classmethod
     def setup(cls, accelerator: Accelerator, cfg: AlignConfig) -> Trainer:
         """Check the context, load and tokenize the data, load the model with fresh LoRA
-        adapters, build optimizer and schedule, and restore the newest checkpoint with
-        ``cfg.resume``.
+        adapters, build optimizer and schedule, compute the reference's log-probs of every
+        example once (:func:`~.modeling.with_reference_logps`; a resume reads them back), and
+        restore the newest checkpoint with ``cfg.resume``.
 
         Each optimizer step runs ``gradient_accumulation_steps`` micro-batches; a micro-batch is
         ``per_device_batch_size`` examples on each process. AOT losses sort the *global*
@@ -162,6 +169,23 @@ class Trainer:
         )
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         accelerator.register_save_state_pre_hook(keep_trainable_weights)
+        peft_model = accelerator.unwrap_model(model)
+        start = time.perf_counter()
+        examples = with_reference_logps(
+            accelerator,
+            model,
+            peft_model,
+            {"train": train_examples, "eval": eval_examples},
+            {  # what this run's steps draw, and every held-out example
+                "train": schedule.used(total_steps * accumulation),
+                "eval": range(len(eval_examples)),
+            },
+            batch_size=cfg.eval_batch_size,
+            pad_id=tokenizer.pad_token_id,
+            cache=out / REFERENCE_LOGPS,
+            reuse=cfg.resume,
+        )
+        reference_time_s = time.perf_counter() - start
 
         metrics = MetricsLog(out / "metrics.jsonl", writer=accelerator.is_main_process)
         stats = RunningStats(accelerator.device)
@@ -188,11 +212,11 @@ class Trainer:
             loss=cfg.loss_spec,
             out=out,
             tokenizer=tokenizer,
-            train_examples=train_examples,
-            eval_examples=eval_examples,
+            train_examples=examples["train"],
+            eval_examples=examples["eval"],
             paired=paired,
             model=model,
-            peft_model=accelerator.unwrap_model(model),
+            peft_model=peft_model,
             optimizer=optimizer,
             scheduler=scheduler,
             schedule=schedule,
@@ -205,6 +229,7 @@ class Trainer:
             micro_step=state.micro_step,
             progress=progress,
             start_time=time.perf_counter(),
+            reference_time_s=reference_time_s,
         )
 
     @property
@@ -221,9 +246,7 @@ class Trainer:
             batch = collate([self.train_examples[i] for i in ids], pad_id)
             self.micro_step += 1
             with accelerator.accumulate(self.model):
-                logps = batch_logps(
-                    self.model, self.peft_model, batch.to(accelerator.device), self.paired
-                )
+                logps = batch_logps(self.model, batch.to(accelerator.device), self.paired)
                 loss = preference_loss(self.loss, logps, self.group)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -255,7 +278,6 @@ class Trainer:
         logps = score_examples(
             self.accelerator,
             self.model,
-            self.peft_model,
             self.eval_examples,
             self.cfg.eval_batch_size,
             self.tokenizer.pad_token_id,
@@ -288,4 +310,5 @@ class Trainer:
             self.paired,
             len(self.train_examples),
             len(self.eval_examples),
+            self.reference_time_s,
         )

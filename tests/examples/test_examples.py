@@ -389,6 +389,55 @@ def test_damaged_json_files_name_the_file_and_what_to_do(
     assert_same_run(run, uninterrupted[0])
 
 
+def test_reference_logps_are_computed_once_and_reused_on_resume(
+    tmp_path: Path, micro_task: toy.Artifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One forward pass under the reference, before training, for each example that the run's
+    steps draw (and each held-out one), saved in the output directory; a training step then
+    runs the policy's forward pass alone (it ran the reference's too, every step); a resume
+    reads the saved values back and computes only those a longer run adds."""
+    from accelerate import Accelerator
+    from aot_examples import modeling
+    from aot_examples.batching import collate
+    from aot_examples.config import parse_args
+    from aot_examples.training import REFERENCE_LOGPS, Trainer
+
+    accelerator = Accelerator(cpu=True)
+    cfg = parse_args(user_args(tmp_path, micro_task, "--max-steps", "2"))
+    trainer = Trainer.setup(accelerator, cfg)
+    saved = torch.load(tmp_path / REFERENCE_LOGPS)
+    used = sorted(trainer.schedule.used(2))
+    assert len(used) == 16 and saved["train"].shape == (len(trainer.train_examples), 2)
+    computed = [i for i, e in enumerate(trainer.train_examples) if e.reference_logps]
+    assert computed == used == saved["train"].isfinite().all(1).nonzero().flatten().tolist()
+    assert saved["eval"].isfinite().all() and len(saved["eval"]) == len(trainer.eval_examples)
+    batch = collate([trainer.train_examples[i] for i in used[:5]], trainer.tokenizer.pad_token_id)
+    assert batch.reference_logps is not None
+    with torch.no_grad(), trainer.peft_model.disable_adapter():
+        direct = modeling.sequence_logps(trainer.model, batch)
+    torch.testing.assert_close(batch.reference_logps, direct, rtol=0, atol=1e-5)
+    as_rows = saved["train"][used[:5]].T.flatten().float()  # chosen rows, then rejected rows
+    torch.testing.assert_close(batch.reference_logps, as_rows, rtol=0, atol=0)
+    forwards = []
+    trainer.peft_model.get_base_model().register_forward_pre_hook(lambda *_: forwards.append(1))
+    trainer.step()
+    assert len(forwards) == 1  # the policy's; the reference's log-probs come with the batch
+    scored: list[int] = []
+    score = modeling.score_completions
+
+    def counted(accelerator: Any, model: Any, examples: list[Any], *args: Any) -> Any:
+        scored.append(len(examples))
+        return score(accelerator, model, examples, *args)
+
+    monkeypatch.setattr(modeling, "score_completions", counted)
+    resumed = Trainer.setup(accelerator, dataclasses.replace(cfg, resume=True))
+    assert scored == [] and [e.reference_logps for e in resumed.train_examples] == [
+        e.reference_logps for e in trainer.train_examples
+    ]
+    longer = Trainer.setup(accelerator, dataclasses.replace(cfg, resume=True, max_steps=4))
+    assert scored == [len(longer.schedule.used(4) - set(used))]
+
+
 def test_max_length_beyond_the_model_fails_before_training(
     tmp_path: Path, micro_task: toy.Artifacts
 ) -> None:
