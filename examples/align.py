@@ -2,18 +2,22 @@
 
 With no ``--model``/``--dataset`` it runs the embedded task end to end (a tiny GPT-2 that sorts
 letters; see docs/examples.md): SFT a reference, sample and score completions into preference
-data, align with AOT, and compare reference and policy on held-out prompts. Otherwise it
-aligns ``--model`` (a hub name, a local directory, a ``.gguf`` file, or
-``smollm2-135m-instruct``) on ``--dataset`` (paired or unpaired JSONL, or a hub dataset).
+data, align with AOT, and compare reference and policy on held-out prompts. ``--task
+instructions`` does the same with ``--model`` (default ``smollm2-135m-instruct``) on
+instructions whose constraints code checks. Otherwise it aligns ``--model`` (a hub name, a
+local directory, a ``.gguf`` file, or ``smollm2-135m-instruct``) on ``--dataset`` (paired or
+unpaired JSONL, or a hub dataset).
 
     python examples/align.py --output-dir runs/toy
+    python examples/align.py --task instructions --loss aot_paired --output-dir runs/smollm2
     accelerate launch --config_file examples/configs/fsdp.yaml examples/align.py \\
         --model Qwen/Qwen2.5-0.5B-Instruct --dataset prefs.jsonl --output-dir runs/qwen
 
-Writes into ``--output-dir``: ``metrics.jsonl`` (train and eval logs), ``checkpoints/``
-(with ``--save-every``), ``adapter/`` (the LoRA adapter and tokenizer), ``summary.json`` and
-``quantiles.png`` (chosen vs rejected quantile curves on the held-out data). The pieces live in
-the package ``aot_examples`` (next to this file); this script is the loop.
+Writes into ``--output-dir``: ``metrics.jsonl`` (train and eval logs), ``reference_logps.pt``
+(the reference's log-probs, computed once), ``checkpoints/`` (with ``--save-every``),
+``adapter/`` (the LoRA adapter and tokenizer), ``summary.json`` and ``quantiles.png`` (chosen vs
+rejected quantile curves on the held-out data; a task adds its reward figure). The pieces live
+in the package ``aot_examples`` (next to this file); this script is the loop.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from aot_examples import toy
 from aot_examples.checkpoints import SUMMARY, existing_run, read_summary, write_atomically
-from aot_examples.config import EMBEDDED_BETA, AlignConfig, parse_args
-from aot_examples.losses import PAIRED_LOSSES, preference_loss
+from aot_examples.config import AlignConfig, parse_args
+from aot_examples.losses import preference_loss
 from aot_examples.report import eval_summary, quantile_figure, summary_table
+from aot_examples.tasks import prepare_task
 from aot_examples.training import Trainer, TrainResult
 
 
@@ -45,8 +49,9 @@ def train(accelerator: Accelerator, cfg: AlignConfig) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Train (after preparing the embedded task when there is no ``--model``/``--dataset``),
-    evaluate, write ``summary.json`` and ``quantiles.png``, print a table."""
+    """Train (after preparing the task's data: the embedded task without ``--model`` and
+    ``--dataset``, or ``--task instructions``), evaluate, write ``summary.json`` and
+    ``quantiles.png``, print a table."""
     cfg = parse_args(argv)
     if cfg.model is None and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # the embedded model is tiny: more threads only contend
@@ -69,19 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"align.py: error: --output-dir {out} already holds an unfinished run ({previous}): "
             "pass --resume to continue it, or choose another --output-dir"
         )
-    artifacts = None
-    if cfg.model is None:
-        task = toy.ToyConfig.load(cfg.toy_config)
-        with accelerator.main_process_first():
-            artifacts = toy.prepare(task, cfg.toy_cache_dir or out / "toy")
-        kind = cfg.toy_data or ("paired" if cfg.loss in PAIRED_LOSSES else "unpaired")
-        cfg = dataclasses.replace(
-            cfg,
-            model=str(artifacts.reference_dir),
-            dataset=str(artifacts.dataset(kind, "train")),
-            eval_dataset=str(artifacts.dataset(kind, "eval")),
-            beta=EMBEDDED_BETA[cfg.loss] if cfg.beta is None else cfg.beta,
-        )
+    task = prepare_task(cfg, accelerator)
+    if task is not None:
+        cfg = task.training_config(cfg)
 
     start = time.perf_counter()
     result = train(accelerator, cfg)
@@ -102,9 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             result.eval_logps, lambda logps: preference_loss(cfg.loss_spec, logps)
         )
         quantile_figure(result.eval_logps, out / "quantiles.png")
-    if artifacts is not None:
-        summary |= {"toy": dataclasses.asdict(artifacts.config), "toy_data": artifacts.data_stats}
-        summary |= toy.evaluate_policy(artifacts, out / "adapter", cfg.toy_eval_prompts)
+    if task is not None:
+        summary |= task.evaluate(cfg, out)
     write_atomically(out / SUMMARY, json.dumps(summary, indent=2))
     print(summary_table(summary))
 

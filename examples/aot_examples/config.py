@@ -3,7 +3,7 @@
 A flag is a field's name with dashes (``--per-device-batch-size``). :func:`parse_args` reads a
 command line, :func:`to_args` writes one (the benchmarks and tests launch the script with it).
 Without ``--model`` and ``--dataset`` the defaults are the embedded task's
-(:func:`embedded_defaults`).
+(:func:`embedded_defaults`); with ``--task instructions``, :data:`INSTRUCTIONS_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, get_args
 from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
+from .instructions.preparation import CELL_DATA
 from .losses import DEFAULT_BETA, LOSSES, LossSpec
 from .tokenization import check_lengths
 from .toy.preferences import DATA_KINDS
@@ -25,7 +26,9 @@ from .toy.task import PROMPT_SPLITS, PromptSplit, ToyConfig
 __all__ = [
     "EMBEDDED_BETA",
     "EMBEDDED_DEFAULTS",
+    "INSTRUCTIONS_DEFAULTS",
     "RESUME_MAY_CHANGE",
+    "TASKS",
     "AlignConfig",
     "build_parser",
     "embedded_defaults",
@@ -39,6 +42,10 @@ __all__ = [
 #: KTO's a logistic scale, IPO's sets the target margin 1 / (2 beta).
 EMBEDDED_BETA = {"aot_paired": 4.0, "aot_unpaired": 4.0, "dpo": 1.0, "ipo": 0.1, "kto": 4.0}
 
+
+#: The tasks that ``align.py`` prepares data for and evaluates: ``toy`` (the embedded task, the
+#: default without ``--model`` and ``--dataset``) and ``instructions``.
+TASKS = ("toy", "instructions")
 
 #: Options that a resumed run may change (:func:`training_options` leaves them out): the
 #: directory itself, where it stops (``stop_after``), the length of training (``max_steps``,
@@ -57,6 +64,7 @@ RESUME_MAY_CHANGE = (
     "eval_batch_size",
     "gradient_checkpointing",
     "toy_eval_prompts",
+    "task_cache_dir",
 )
 
 #: Options that count something: at least 1 when given.
@@ -154,6 +162,27 @@ class AlignConfig:
     )
     gradient_checkpointing: bool = _opt(False, "recompute activations to save memory")
     seed: int = _opt(0, "seed of the data order and global RNGs")
+    task: str | None = _opt(
+        None,
+        "a task that builds its own preference data and is measured by its exact reward: toy "
+        "(the default without --model and --dataset) or instructions (--model's own samples "
+        "of instructions with verifiable constraints; default --model smollm2-135m-instruct)",
+        choices=TASKS,
+    )
+    task_data: str | None = _opt(
+        None,
+        "instructions task: the data cell to train on (default: best_vs_worst for paired "
+        "losses, unpaired otherwise: thumbs-up/down records)",
+        choices=tuple(CELL_DATA),
+    )
+    task_config: str | None = _opt(
+        None, "instructions task: JSON file of InstructionsConfig fields"
+    )
+    task_cache_dir: str | None = _opt(
+        None,
+        "instructions task: cache of the reference's scored samples and preference data "
+        "(default: OUTPUT_DIR/instructions; share it between runs)",
+    )
     toy_config: str | None = _opt(None, "embedded task: JSON file of ToyConfig fields")
     toy_cache_dir: str | None = _opt(None, "embedded task cache (default: OUTPUT_DIR/toy)")
     toy_data: str | None = _opt(
@@ -172,8 +201,12 @@ class AlignConfig:
     )
 
     def __post_init__(self) -> None:
-        if (self.model is None) != (self.dataset is None):
+        if self.task == "instructions" and self.model is None:
+            raise ValueError("--task instructions needs --model")
+        if self.task is None and (self.model is None) != (self.dataset is None):
             raise ValueError("give both --model and --dataset, or neither (the embedded task)")
+        if self.task_data is not None and self.task != "instructions":
+            raise ValueError("--task-data applies to --task instructions (the toy's is --toy-data)")
         for name in _COUNTS:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -221,6 +254,18 @@ def embedded_defaults(toy: ToyConfig) -> dict[str, Any]:
     }
 
 
+#: The instructions task's settings of the loop: its reference model, and lengths that
+#: truncate none of its prompts (at most 64 tokens) and completions (64 new tokens).
+INSTRUCTIONS_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m-instruct",
+    "max_length": 128,
+    "max_prompt_length": 64,
+    "log_every": 5,
+    "eval_every": 20,
+    "warmup_steps": 2,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags generated from :class:`AlignConfig` (``--name-with-dashes``)."""
     parser = argparse.ArgumentParser(
@@ -244,12 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AlignConfig:
-    """Command line to config; without --model and --dataset, the embedded task's defaults.
-    A bad value exits with the parser's usage and a message naming the flag."""
+    """Command line to config; with --task instructions, that task's defaults; without
+    --model and --dataset, the embedded task's. A bad value exits with the parser's usage and a
+    message naming the flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.model is None and args.dataset is None:
+        data = [f for f in ("dataset", "eval_dataset") if getattr(args, f) is not None]
+        flags = " or ".join("--" + f.replace("_", "-") for f in data)
+        if args.task == "instructions" and data:
+            raise ValueError(
+                f"--task instructions builds its data from --model's samples: no {flags}"
+            )
+        if args.task == "toy" and (args.model is not None or data):
+            raise ValueError("--task toy brings its own model and data: no --model or --dataset")
+        if args.task == "instructions":
+            parser.set_defaults(**INSTRUCTIONS_DEFAULTS)
+            args = parser.parse_args(argv)
+        elif args.model is None and args.dataset is None:
             parser.set_defaults(**embedded_defaults(ToyConfig.load(args.toy_config)))
             args = parser.parse_args(argv)
         return AlignConfig(**vars(args))

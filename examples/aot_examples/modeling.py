@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +120,11 @@ class ModelSource:
         """What every ``from_pretrained`` of this source takes besides ``path``."""
         return {} if self.gguf_file is None else {"gguf_file": self.gguf_file}
 
-    @cached_property
+    @property
     def config(self) -> PretrainedConfig:
-        """The model's config, read once (from a GGUF file this parses its header)."""
-        return AutoConfig.from_pretrained(self.path, **self.kwargs)
+        """The model's config, read once per process (from a GGUF file this parses its
+        header, about 15 s for SmolLM2's): do not change it."""
+        return _read_config(self.path, self.gguf_file)
 
     def load_model(self, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
         """``AutoModelForCausalLM`` with weights of ``dtype``."""
@@ -131,6 +132,13 @@ class ModelSource:
             self.path, config=copy.deepcopy(self.config), dtype=dtype, **self.kwargs
         )
         return model
+
+
+@functools.cache
+def _read_config(path: str, gguf_file: str | None) -> PretrainedConfig:
+    kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
+    config: PretrainedConfig = AutoConfig.from_pretrained(path, **kwargs)
+    return config
 
 
 def as_source(model: str | ModelSource) -> ModelSource:

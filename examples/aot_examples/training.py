@@ -69,6 +69,20 @@ class TrainResult:
     reference_time_s: float
 
 
+def _policy(cfg: AlignConfig, source: ModelSource) -> PeftModel:
+    """``--model`` with fresh LoRA adapters of the run's options."""
+    targets = cfg.lora_target_modules
+    return load_policy(
+        source,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets if targets in ("auto", "all-linear") else targets.split(","),
+        dtype=getattr(torch, cfg.dtype),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+
+
 @dataclass
 class Trainer:
     """A run's model, data and position (built by :meth:`setup`)."""
@@ -136,22 +150,6 @@ class Trainer:
         lengths = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
         train_examples = encode_examples(train_records, tokenizer, **lengths)
         eval_examples = encode_examples(eval_records, tokenizer, **lengths)
-
-        targets = cfg.lora_target_modules
-        model = load_policy(
-            source,
-            lora_r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=targets if targets in ("auto", "all-linear") else targets.split(","),
-            dtype=getattr(torch, cfg.dtype),
-            gradient_checkpointing=cfg.gradient_checkpointing,
-        )
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=cfg.learning_rate,
-            weight_decay=cfg.weight_decay,
-        )
         schedule = BatchSchedule.for_examples(
             train_records,
             cfg.per_device_batch_size,
@@ -161,6 +159,18 @@ class Trainer:
         )
         accumulation = cfg.gradient_accumulation_steps
         total_steps = cfg.max_steps or max(schedule.per_epoch * cfg.num_epochs // accumulation, 1)
+        if checkpoint is not None and checkpoint[1].step > total_steps:
+            raise ValueError(
+                f"--resume: {checkpoint[0]} is at step {checkpoint[1].step}, beyond the "
+                f"{total_steps} steps of this run (--max-steps / --num-epochs)"
+            )
+
+        model = _policy(cfg, source)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+        )
         scheduler = get_scheduler(
             cfg.lr_scheduler,
             optimizer,
@@ -194,11 +204,6 @@ class Trainer:
         else:
             state = TrainerState()
             metrics.truncate(0)
-        if state.step > total_steps:
-            raise ValueError(
-                f"--resume: the checkpoint is at step {state.step}, beyond the {total_steps} "
-                "steps of this run (--max-steps / --num-epochs)"
-            )
         progress = tqdm(
             total=total_steps,
             initial=state.step,

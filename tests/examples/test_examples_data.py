@@ -23,6 +23,7 @@ from aot_examples import data, modeling, toy  # noqa: E402
 from aot_examples.batching import BatchSchedule, collate  # noqa: E402
 from aot_examples.checkpoints import check_same_options  # noqa: E402
 from aot_examples.config import (  # noqa: E402
+    INSTRUCTIONS_DEFAULTS,
     RESUME_MAY_CHANGE,
     AlignConfig,
     build_parser,
@@ -169,6 +170,10 @@ def test_unpaired_splits_with_one_label_are_refused_naming_split_and_counts(
         (["--log-every", "0"], "--log-every must be at least 1, got 0"),
         (["--beta", "0"], "--beta must be positive, got 0.0"),
         (["--model", "m"], "give both --model and --dataset, or neither"),
+        (["--task", "instructions", "--dataset", "d.jsonl"], "from --model's samples: no --dat"),
+        (["--task", "toy", "--model", "m"], "--task toy brings its own model and data"),
+        (["--task-data", "noisy"], "--task-data applies to --task instructions"),
+        (["--task", "instructions", "--task-data", "thumbs"], "invalid choice: 'thumbs'"),
     ],
 )
 def test_bad_options_name_the_flag(
@@ -198,6 +203,9 @@ def test_command_line_round_trips_and_embedded_defaults_follow_the_task(
         toy.ToyConfig.load(task)
     user = parse_args(["--output-dir", "x", "--model", "m", "--dataset", "d.jsonl"])
     assert user == AlignConfig("x", model="m", dataset="d.jsonl")  # the plain defaults
+    instructions = parse_args(["--output-dir", "x", "--task", "instructions"])
+    assert instructions == AlignConfig("x", task="instructions", **INSTRUCTIONS_DEFAULTS)
+    assert instructions.model == "smollm2-135m-instruct" and instructions.max_length == 128
 
 
 # --------------------------------------------------------------------------------------------
