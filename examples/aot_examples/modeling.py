@@ -74,7 +74,7 @@ class ModelSource:
     """Where a model's config, tokenizer and weights come from: what ``from_pretrained`` reads
     (``path``: a hub name or a local directory) and, for a GGUF checkpoint, the file in that
     directory (``gguf_file``; transformers dequantizes its weights to the requested dtype, so
-    they train like any other). Build one with :meth:`resolve`; the config is read once."""
+    they train like any other). Build one with :meth:`resolve`."""
 
     name: str  # what the user gave (--model)
     path: str
@@ -122,9 +122,13 @@ class ModelSource:
 
     @property
     def config(self) -> PretrainedConfig:
-        """The model's config, read once per process (from a GGUF file this parses its
-        header, about 15 s for SmolLM2's): do not change it."""
-        return _read_config(self.path, self.gguf_file)
+        """The model's config. A GGUF file's is read once per process and file version (it
+        parses the file's header, about 15 s for SmolLM2's): do not change it."""
+        if self.gguf_file is None:
+            config: PretrainedConfig = AutoConfig.from_pretrained(self.path)
+            return config
+        stat = (Path(self.path) / self.gguf_file).stat()
+        return _gguf_config(self.path, self.gguf_file, (stat.st_mtime_ns, stat.st_size))
 
     def load_model(self, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
         """``AutoModelForCausalLM`` with weights of ``dtype``."""
@@ -135,9 +139,9 @@ class ModelSource:
 
 
 @functools.cache
-def _read_config(path: str, gguf_file: str | None) -> PretrainedConfig:
-    kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
-    config: PretrainedConfig = AutoConfig.from_pretrained(path, **kwargs)
+def _gguf_config(path: str, gguf_file: str, version: tuple[int, int]) -> PretrainedConfig:
+    """``version``: the file's modification time and size, so that a new file is read again."""
+    config: PretrainedConfig = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
     return config
 
 
