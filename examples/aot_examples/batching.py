@@ -22,12 +22,15 @@ class Batch:
         completion_mask: ``(N, T)``, 1 on completion tokens (the tokens that are scored).
         chosen: ``(N,)`` bool, ``True`` for chosen/desirable rows. Paired batches hold the B
             chosen rows first, then the B rejected rows in the same order.
+        reference_logps: ``(N,)`` float32, the reference's log-prob of each row's completion
+            when the examples carry it (``None`` otherwise).
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     completion_mask: Tensor
     chosen: Tensor
+    reference_logps: Tensor | None = None
 
     @classmethod
     def from_ids(
@@ -52,19 +55,32 @@ class Batch:
         )
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device) for t in vars(self).values()))
+        reference = self.reference_logps
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.completion_mask.to(device),
+            self.chosen.to(device),
+            None if reference is None else reference.to(device),
+        )
 
 
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> Batch:
     """Pad encoded examples of one format into a :class:`Batch`: row ``j * B + i`` is
-    completion ``j`` of example ``i`` (for pairs: the chosen rows, then the rejected rows)."""
+    completion ``j`` of example ``i`` (for pairs: the chosen rows, then the rejected rows),
+    with the examples' reference log-probs when all of them carry theirs."""
     per_example = {len(e.completions) for e in examples}
     if len(per_example) > 1:
         raise TypeError("cannot mix paired and unpaired examples in one batch")
     (count,) = per_example
     rows = [(e.prompt, e.completions[j]) for j in range(count) for e in examples]
     chosen = [e.labels[j] for j in range(count) for e in examples]
-    return Batch.from_ids(rows, chosen, pad_id)
+    batch = Batch.from_ids(rows, chosen, pad_id)
+    references = [e.reference_logps for e in examples]
+    if all(r is not None for r in references):
+        values = [r[j] for j in range(count) for r in references if r is not None]
+        batch.reference_logps = torch.tensor(values, dtype=torch.float32)
+    return batch
 
 
 class BatchSchedule:
@@ -124,8 +140,9 @@ class BatchSchedule:
         sizes = [n_good, batch_size - n_good]
         return cls([good, bad], sizes, seed=seed, rank=rank, world_size=world_size)
 
-    def indices(self, micro_step: int) -> list[int]:
-        """This rank's example indices in micro-batch ``micro_step`` (counted from 0)."""
+    def indices(self, micro_step: int, *, all_ranks: bool = False) -> list[int]:
+        """This rank's example indices in micro-batch ``micro_step`` (counted from 0); with
+        ``all_ranks``, every rank's."""
         epoch, k = divmod(micro_step, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed + epoch)
@@ -136,6 +153,10 @@ class BatchSchedule:
             self._epoch = epoch
         out: list[int] = []
         for order, b in zip(self._orders, self.sizes, strict=True):
-            start = (k * self.world_size + self.rank) * b
-            out += order[start : start + b]
+            start = (k * self.world_size + (0 if all_ranks else self.rank)) * b
+            out += order[start : start + b * (self.world_size if all_ranks else 1)]
         return out
+
+    def used(self, micro_steps: int) -> set[int]:
+        """The examples that micro-batches ``0 .. micro_steps - 1`` draw, on any rank."""
+        return {i for m in range(micro_steps) for i in self.indices(m, all_ranks=True)}

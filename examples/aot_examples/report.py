@@ -135,44 +135,64 @@ def eval_summary(
     }
 
 
+def _mean_se(summary: dict[str, Any], name: str) -> str:
+    return f"{summary[name + '_mean']:.4f} ± {summary[name + '_se']:.4f}"
+
+
+def _toy_rows(summary: dict[str, Any]) -> list[list[object]]:
+    """The embedded task's rewards (``toy.evaluate_policy``)."""
+    distribution: list[list[object]] = []
+    if "policy_reward_q10" in summary:  # toy.reward_metrics (not in older summaries)
+        distribution = [
+            ["reward 10% quantile", summary["reference_reward_q10"], summary["policy_reward_q10"]],
+            ["zero-reward share", summary["reference_zero_reward_share"],
+             summary["policy_zero_reward_share"]],
+            ["reward FSD violation per prompt", None, summary["fsd_violation_per_prompt"]],
+            ["reward FSD violation pooled", None, summary["fsd_violation_pooled"]],
+        ]  # fmt: skip
+    return [
+        ["reward (held-out prompts)", _mean_se(summary, "reference_reward"),
+         _mean_se(summary, "policy_reward")],
+        ["exact match", _mean_se(summary, "reference_exact_match"),
+         _mean_se(summary, "policy_exact_match")],
+        ["greedy reward", summary["reference_greedy_reward_mean"],
+         summary["policy_greedy_reward_mean"]],
+        ["win rate vs reference", None, _mean_se(summary, "win_rate")],
+        ["KL(policy || reference)", 0.0, _mean_se(summary, "kl_policy_reference")],
+        *distribution,
+    ]  # fmt: skip
+
+
+def _instructions_rows(summary: dict[str, Any]) -> list[list[object]]:
+    """The instructions task's rewards (``instructions.evaluate``); prompts are the units."""
+    kl = f"{summary['kl']:.4f} ± {summary['kl_se']:.4f}"
+    return [
+        ["reward (test prompts)", _mean_se(summary, "reference_reward"),
+         _mean_se(summary, "policy_reward")],
+        ["reward CVaR 10% (worst prompts)", summary["reference_reward_cvar10"],
+         summary["policy_reward_cvar10"]],
+        ["prompts at reward 0", summary["reference_zero_reward_share"],
+         summary["policy_zero_reward_share"]],
+        ["samples that end by themselves", summary["reference_finished_share"],
+         summary["policy_finished_share"]],
+        ["KL(policy || reference)", 0.0, kl],
+    ]  # fmt: skip
+
+
 def summary_table(summary: dict[str, Any]) -> str:
-    """The table the script prints, from ``summary.json`` alone: the embedded task's rewards
-    (when present), then the held-out metrics of reference and aligned policy."""
+    """The table the script prints, from ``summary.json`` alone: the task's rewards (when
+    there is a task), then the held-out metrics of reference and aligned policy."""
     rows: list[list[object]] = []
     if "eval_policy" in summary:
         split = "held-out pairs" if summary["paired"] else "held-out samples"
         reference = summary["eval_reference"]
         rows = [[f"{split}: {k}", reference.get(k), v] for k, v in summary["eval_policy"].items()]
-    if "policy_reward_mean" in summary:  # the embedded task (toy.evaluate_policy)
-
-        def mean_se(name: str) -> str:
-            return f"{summary[name + '_mean']:.4f} ± {summary[name + '_se']:.4f}"
-
-        distribution: list[list[object]] = []
-        if "policy_reward_q10" in summary:  # toy.reward_metrics (not in older summaries)
-            distribution = [
-                ["reward 10% quantile", summary["reference_reward_q10"],
-                 summary["policy_reward_q10"]],
-                ["zero-reward share", summary["reference_zero_reward_share"],
-                 summary["policy_zero_reward_share"]],
-                ["reward FSD violation per prompt", None, summary["fsd_violation_per_prompt"]],
-                ["reward FSD violation pooled", None, summary["fsd_violation_pooled"]],
-            ]  # fmt: skip
-        rows = [
-            ["reward (held-out prompts)", mean_se("reference_reward"), mean_se("policy_reward")],
-            ["exact match", mean_se("reference_exact_match"), mean_se("policy_exact_match")],
-            [
-                "greedy reward",
-                summary["reference_greedy_reward_mean"],
-                summary["policy_greedy_reward_mean"],
-            ],
-            ["win rate vs reference", None, mean_se("win_rate")],
-            ["KL(policy || reference)", 0.0, mean_se("kl_policy_reference")],
-            *distribution,
-            *rows,
-        ]
+    if "toy" in summary:
+        rows = _toy_rows(summary) + rows
         if not summary["paired"]:  # unpaired losses are measured on the held-out pairs too
             rows += [
                 [f"held-out pairs: {k}", None, v] for k, v in summary["held_out_pairs"].items()
             ]
+    elif "instructions" in summary:
+        rows = _instructions_rows(summary) + rows
     return format_table(["metric", "reference", "aligned policy"], rows)

