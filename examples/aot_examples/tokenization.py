@@ -17,6 +17,28 @@ from transformers import PreTrainedTokenizerBase
 
 from .data import DataError, Example, PairedExample, Text
 
+__all__ = [
+    "EncodedExample",
+    "check_lengths",
+    "encode",
+    "encode_examples",
+    "render_prompt",
+    "require_eos",
+]
+
+
+def require_eos(tokenizer: PreTrainedTokenizerBase, where: str = "the tokenizer") -> None:
+    """Raises ValueError if ``tokenizer`` has no EOS token: a completion ends with it (without a
+    chat template), padding falls back to it, and sampling stops at it.
+
+    ``where`` names the tokenizer in the message (``"--model NAME"``)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"{where}: the tokenizer has no EOS token (eos_token is None), which ends every "
+            "completion: set one (tokenizer.eos_token = ...) and save the tokenizer, or use a "
+            "model whose tokenizer has one"
+        )
+
 
 def check_lengths(max_length: int, max_prompt_length: int) -> None:
     """Raises ValueError unless ``1 <= max_prompt_length < max_length``: a prompt keeps at least
@@ -125,8 +147,11 @@ def encode_examples(
     """:func:`encode` every example once (ids stored as int32 tensors).
 
     Raises:
+        ValueError: a tokenizer without an EOS token (:func:`require_eos`), before any example
+            is encoded.
         DataError: an example :func:`encode` refuses, named by its ``source`` (``file:line``).
     """
+    require_eos(tokenizer)
     encoded = []
     for example in examples:
         completions: tuple[Text, ...]

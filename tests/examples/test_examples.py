@@ -164,7 +164,7 @@ def test_each_loss_is_the_library_function(loss: str) -> None:
         "kto": lambda: baselines.kto_loss(*tensors, beta=0.5, **weights),
     }[loss]()
     logps = PreferenceLogps(*tensors, paired=loss in PAIRED_LOSSES)
-    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
 
 
 def test_paired_losses_refuse_unpaired_data(micro_task: toy.Artifacts) -> None:
@@ -200,7 +200,7 @@ def test_within_batch_pairs_take_the_desirable_completions_in_turn() -> None:
     expected = baselines.dpo_loss(
         pairs.policy_chosen, rejected, pairs.reference_chosen, rejected - 1, beta=0.5
     )
-    torch.testing.assert_close(preference_loss(cfg, logps), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs an unpaired batch"):
         within_batch_pairs(pairs)
     none, three = torch.zeros(0), torch.zeros(3)
@@ -345,6 +345,50 @@ def test_a_run_killed_after_its_last_checkpoint_completes_once(
     assert (run / "quantiles.png").exists()
 
 
+def test_a_resume_with_other_training_options_is_refused(
+    tmp_path: Path, micro_task: toy.Artifacts, uninterrupted: tuple[Path, str]
+) -> None:
+    """Checkpointed with aot_paired and 8 pairs per step, resumed with dpo and 4: that ran to
+    the end, and its summary named dpo and 4 for steps that were not."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    (run / "summary.json").unlink()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = ["--resume", "--loss", "dpo", "--per-device-batch-size", "4"]
+    done = run_align(user_args(run, micro_task, *other), capture_output=True, text=True)
+    assert done.returncode != 0
+    checkpoint = run / "checkpoints" / "step-0000006"
+    assert f"--resume: {checkpoint} was written with other training options: " in done.stderr
+    assert "--loss aot_paired (now dpo), --per-device-batch-size 8 (now 4);" in done.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
+def test_damaged_json_files_name_the_file_and_what_to_do(
+    tmp_path: Path, micro_task: toy.Artifacts, uninterrupted: tuple[Path, str]
+) -> None:
+    """A damaged summary.json or trainer_state.json gave a bare JSONDecodeError; following the
+    advice now completes the run as if nothing had happened."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    (run / "summary.json").write_text('{"steps": 6, "eval_')
+    done = run_align(user_args(run, micro_task), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{run / 'summary.json'} is damaged (not JSON: " in done.stderr
+    assert "delete the file and run the same command with --resume" in done.stderr
+    (run / "summary.json").unlink()
+    last = run / "checkpoints" / "step-0000006"
+    (last / "trainer_state.json").write_text("")
+    done = run_align(user_args(run, micro_task, "--resume"), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{last / 'trainer_state.json'} is damaged (not JSON: " in done.stderr
+    assert f"delete {last} to resume from the checkpoint before it" in done.stderr
+    shutil.rmtree(last)
+    # options that may change on a resume: checkpoint and log cadence, the stop, the length
+    allowed = ["--resume", "--save-every", "100", "--stop-after", "6"]
+    assert "resumed from" in align(user_args(run, micro_task, *allowed)).stdout
+    assert_same_run(run, uninterrupted[0])
+
+
 def test_max_length_beyond_the_model_fails_before_training(
     tmp_path: Path, micro_task: toy.Artifacts
 ) -> None:
@@ -353,6 +397,27 @@ def test_max_length_beyond_the_model_fails_before_training(
     assert done.returncode != 0
     assert "--max-length 64 exceeds the context of --model" in done.stderr
     assert "(10 positions" in done.stderr and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_evaluation_data_of_one_label_fails_before_training(
+    tmp_path: Path, micro_task: toy.Artifacts
+) -> None:
+    """An unpaired loss measured on desirable completions alone trained, then died at its
+    first evaluation (``policy_rejected_logps must not be empty``), and so did ``--resume``."""
+    records = micro_task.dataset("unpaired", "eval").read_text().splitlines()
+    desirable = [line for line in records if json.loads(line)["label"]]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(desirable) + "\n")
+    out = tmp_path / "run"
+    for resume in ([], ["--resume"]):
+        args = user_args(out, micro_task, "--loss", "kto", *resume)
+        args[args.index("--dataset") + 1] = str(micro_task.dataset("unpaired", "train"))
+        args[args.index("--eval-dataset") + 1] = str(good)
+        done = run_align(args, capture_output=True, text=True, timeout=600)
+        assert done.returncode != 0
+        expected = f"the evaluation data (--eval-dataset {good}) holds {len(desirable)} desirable"
+        assert f"{expected} and 0 undesirable completion(s)" in done.stderr
+        assert not (out / "metrics.jsonl").exists()  # before training
 
 
 def test_accelerate_configs_load() -> None:

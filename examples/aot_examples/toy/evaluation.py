@@ -6,28 +6,23 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from aot_losses import diagnostics
 
 from ..batching import Batch, collate
 from ..data import read_jsonl
 from ..losses import PreferenceLogps
-from ..modeling import load_tokenizer, sequence_logps
+from ..modeling import load_adapter, load_tokenizer, sequence_logps
 from ..report import preference_metrics
 from ..tokenization import encode_examples
 from .artifacts import Artifacts
 from .reference import sample
-from .task import ToyConfig, decode, make_splits, reward, token_ids
-
-#: The held-out prompt sets a policy is measured on: ``validation`` is the task's ``eval``
-#: prompts (those of the held-out pairs), ``test`` its ``test`` prompts.
-PromptSplit: TypeAlias = Literal["validation", "test"]
-PROMPT_SPLITS: tuple[PromptSplit, ...] = ("validation", "test")
+from .task import PROMPT_SPLITS, PromptSplit, ToyConfig, decode, make_splits, reward, token_ids
 
 #: The quantile level of the lower tail of the reward (:func:`reward_metrics`).
 LOWER_QUANTILE = 0.1
@@ -121,8 +116,7 @@ def evaluate_policy(
     """
     cfg, reference_dir = artifacts.config, artifacts.reference_dir
     tokenizer = load_tokenizer(str(reference_dir))
-    base = GPT2LMHeadModel.from_pretrained(reference_dir)
-    policy = PeftModel.from_pretrained(base, adapter_dir).eval()
+    policy = load_adapter(str(reference_dir), adapter_dir)
     if prompts not in PROMPT_SPLITS:
         raise ValueError(f"prompts must be one of {PROMPT_SPLITS}, got {prompts!r}")
     splits = make_splits(cfg)

@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import WordLevel
@@ -24,6 +25,11 @@ from transformers import (
 )
 
 SEPARATOR = "="
+
+#: The held-out prompt sets a policy is measured on: ``validation`` is the task's ``eval``
+#: prompts (those of the held-out pairs), ``test`` its ``test`` prompts.
+PromptSplit: TypeAlias = Literal["validation", "test"]
+PROMPT_SPLITS: tuple[PromptSplit, ...] = ("validation", "test")
 
 
 @dataclass(frozen=True)
