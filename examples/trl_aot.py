@@ -12,24 +12,35 @@ words; ``--unpaired``: one good completion for two bad ones), and trains on the 
     accelerate launch --multi_gpu --num_processes 2 examples/trl_aot.py --global-sort
 
 (on a CPU-only machine ``--multi_gpu`` is what makes accelerate start 2 processes; the trainer
-then runs on gloo). With ``--model`` and ``--dataset`` it loads both from the Hugging Face hub
-(or local paths), as TRL's own DPO script does::
+then runs on gloo). With ``--model`` (a hub name, a local directory, a ``.gguf`` file, or
+``smollm2-135m-instruct``) it loads that model in float32 and trains it on ``--dataset``, a
+JSONL file (or a hub dataset) of paired records ``{"prompt", "chosen", "rejected"}`` or, with
+``--unpaired``, ``{"prompt", "completion", "label"}``, such as the preference pairs that
+``examples/align.py``'s tasks cache. With a chat template, string prompts become a user turn
+and completions the assistant's reply, as ``examples/align.py`` renders them. Full fine-tuning
+against a frozen copy, or ``--lora``::
 
+    python examples/trl_aot.py --model smollm2-135m-instruct --dataset pairs.jsonl --lora \\
+        --max-length 128 --batch-size 4 --max-steps 4
     accelerate launch examples/trl_aot.py --model Qwen/Qwen2.5-0.5B-Instruct \\
-        --dataset trl-lib/ultrafeedback_binarized --global-sort --sort soft
+        --dataset pairs.jsonl --global-sort --sort soft
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from datasets import Dataset, load_dataset
+from aot_examples.data import PairedExample, load_examples
+from aot_examples.modeling import ModelSource, load_tokenizer
+from datasets import Dataset
+from peft import LoraConfig
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import (
@@ -53,12 +64,14 @@ SUMMARY_KEYS = ("loss", "rewards/margins", "fsd/violation")
 
 @dataclass
 class Setup:
-    """What the trainer is built from: the model (or a name TRL loads), its tokenizer and
-    reference (``None``: TRL loads or derives them), the dataset and config options."""
+    """What the trainer is built from: the model, its tokenizer, frozen reference (``None``
+    with LoRA: TRL's reference is then the model with its adapters disabled) and LoRA config,
+    the dataset and config options."""
 
-    model: str | PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase | None
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     ref_model: PreTrainedModel | None
+    peft_config: LoraConfig | None
     dataset: Dataset
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -95,23 +108,87 @@ def toy_dataset(size: int, *, unpaired: bool = False, seed: int = 0) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def trl_record(record: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """``record`` in TRL's format; with ``chat`` (a tokenizer with a chat template), a string
+    prompt becomes a user turn and a string completion the assistant's turn, which TRL renders
+    through the chat template exactly as ``aot_examples.tokenization.encode`` does."""
+    if not chat:
+        return record
+    return {
+        key: [{"role": "user" if key == "prompt" else "assistant", "content": value}]
+        if isinstance(value, str)
+        else value
+        for key, value in record.items()
+    }
+
+
+def preference_dataset(name: str, tokenizer: PreTrainedTokenizerBase, *, unpaired: bool) -> Dataset:
+    """The records of ``name`` (a JSONL file or a hub dataset, read and checked by
+    ``aot_examples.data.load_examples``) in TRL's format (:func:`trl_record`).
+
+    Raises:
+        ValueError: paired records with ``unpaired``, or unpaired ones without it.
+    """
+    examples = load_examples(name)
+    if isinstance(examples[0], PairedExample) == unpaired:
+        found, flag = ("paired", "without") if unpaired else ("unpaired", "with")
+        raise ValueError(f"--dataset {name} holds {found} records: run {flag} --unpaired")
+    chat = tokenizer.chat_template is not None
+    rows = [dataclasses.asdict(example) for example in examples]
+    return Dataset.from_list([trl_record(row, chat) for row in rows]).remove_columns("source")
+
+
+def trainable(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` without the GGUF quantizer that ``from_pretrained(..., gguf_file=...)`` leaves
+    on it when it has dequantized every weight into a float tensor (no GGUF blocks kept):
+    transformers' ``Trainer`` refuses to train a model marked quantized with GGUF."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if (
+        quantizer is not None
+        and quantizer.quantization_config.quant_method == "gguf"
+        and not getattr(quantizer, "packed_modules", None)
+    ):
+        quantizer.remove_quantization_config(model)
+    return model
+
+
+def lora_config() -> LoraConfig:
+    """Rank 8 on peft's default layers for the model type: the attention's query and value
+    projections (``q_proj``, ``v_proj`` in Llama, SmolLM2, Qwen2; ``c_attn`` in GPT-2)."""
+    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM")
+
+
 def load(args: argparse.Namespace) -> Setup:
     """The model, tokenizer, reference and dataset that ``--model`` / ``--dataset`` name."""
     if args.model is None:
         model, tokenizer = tiny_model_and_tokenizer()
         dataset = toy_dataset(64 * args.batch_size, unpaired=args.unpaired)
-        # TRL defaults to bf16 autocast; the tiny model trains in float32 (on the CPU if no GPU)
-        options = {"bf16": False, "use_cpu": not torch.cuda.is_available(), "learning_rate": 1e-2}
-        return Setup(model, tokenizer, copy.deepcopy(model), dataset, options)
-    # TRL loads the model, its tokenizer and the reference model from the name
-    dataset = load_dataset(args.dataset, split="train")
-    return Setup(args.model, None, None, dataset, {"learning_rate": 5e-7})
+        # TRL defaults to bf16 autocast; the tiny model trains in float32
+        options: dict[str, Any] = {"bf16": False, "learning_rate": 1e-2}
+    else:
+        source = ModelSource.resolve(args.model)
+        model, tokenizer = trainable(source.load_model(torch.float32)), load_tokenizer(source)
+        dataset = preference_dataset(args.dataset, tokenizer, unpaired=args.unpaired)
+        options = {"learning_rate": 5e-5 if args.lora else 5e-7}
+        if not torch.cuda.is_available():
+            options["bf16"] = False  # TRL's bf16 autocast, on the CPU too otherwise
+    options["use_cpu"] = not torch.cuda.is_available()
+    if args.lora:
+        return Setup(model, tokenizer, None, lora_config(), dataset, options)
+    return Setup(model, tokenizer, copy.deepcopy(model), None, dataset, options)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="hub name or path; default: a tiny GPT-2, offline")
-    parser.add_argument("--dataset", help="hub dataset or path (with --model)")
+    parser.add_argument(
+        "--model",
+        help="hub name, directory, .gguf file or smollm2-135m-instruct; default: a tiny GPT-2",
+    )
+    parser.add_argument("--dataset", help="JSONL file or hub dataset of records (with --model)")
+    parser.add_argument(
+        "--lora", action="store_true", help="LoRA on the attention's q and v projections"
+    )
+    parser.add_argument("--max-length", type=int, help="prompt + completion tokens (TRL: 1024)")
     parser.add_argument("--unpaired", action="store_true", help="AOTUnpairedTrainer (KTO data)")
     parser.add_argument("--output-dir", default="runs/trl_aot")
     parser.add_argument(
@@ -129,8 +206,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=None)
     args = parser.parse_args(argv)
-    if args.model is not None and args.dataset is None:
-        parser.error("--model needs --dataset")
+    if (args.model is None) != (args.dataset is None):
+        parser.error("--model and --dataset go together (the tiny GPT-2 knows only its toy words)")
     return args
 
 
@@ -151,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> AOTTrainer | AOTUnpairedTrainer:
         "logging_steps": max(1, args.max_steps // 10),
         "save_strategy": "no",
         "report_to": "none",
+        **({} if args.max_length is None else {"max_length": args.max_length}),
         **setup.options,
     }
     trainer: AOTTrainer | AOTUnpairedTrainer
@@ -161,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> AOTTrainer | AOTUnpairedTrainer:
             args=AOTUnpairedConfig(**options),
             train_dataset=setup.dataset,
             processing_class=setup.tokenizer,
+            peft_config=setup.peft_config,
         )
     else:
         trainer = AOTTrainer(
@@ -169,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> AOTTrainer | AOTUnpairedTrainer:
             args=AOTConfig(loss_type=args.loss_type, **options),
             train_dataset=setup.dataset,
             processing_class=setup.tokenizer,
+            peft_config=setup.peft_config,
         )
     trainer.train()
     return trainer

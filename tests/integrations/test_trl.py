@@ -127,13 +127,36 @@ def accelerate_launch() -> list[str]:
     return [*command, "--dynamo_backend", "no", "--main_process_port", str(port)]
 
 
-def test_example_runs_offline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora", [[], ["--lora"]], ids=["full", "lora"])
+def test_example_runs_offline(tmp_path: Path, lora: list[str]) -> None:
     example = load_example()
-    argv = ["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4"]
+    argv = ["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4", *lora]
     trainer = example.main([*argv, "--penalty", "squared_hinge", "--sort", "soft"])
     assert isinstance(trainer, AOTTrainer) and trainer.state.global_step == 2
+    trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in trained) == bool(lora) and trained
     assert (trainer.args.aot_penalty, trainer.args.aot_sort) == ("squared_hinge", "soft")
     assert {"loss", "rewards/margins", *FSD_KEYS} <= set(trainer.state.log_history[0])
+
+
+def test_example_reads_records_in_trls_chat_format(tmp_path: Path) -> None:
+    """``--dataset`` records: with a chat template, string prompts become a user turn and
+    completions the assistant's (TRL then renders them); records that ``--unpaired`` does not
+    announce are refused."""
+    example = load_example()
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text(json.dumps({"prompt": "the cat", "completion": " sat", "label": True}) + "\n")
+    tokenizer = build_tokenizer()
+    row = {"prompt": "the cat", "completion": " sat", "label": True}
+    assert example.preference_dataset(str(path), tokenizer, unpaired=True).to_list() == [row]
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    row |= {"prompt": [{"role": "user", "content": "the cat"}]}
+    row |= {"completion": [{"role": "assistant", "content": " sat"}]}
+    assert example.preference_dataset(str(path), tokenizer, unpaired=True).to_list() == [row]
+    with pytest.raises(ValueError, match="holds unpaired records: run with --unpaired"):
+        example.preference_dataset(str(path), tokenizer, unpaired=False)
+    with pytest.raises(SystemExit):  # the tiny GPT-2 knows only its own words
+        example.parse(["--dataset", str(path)])
 
 
 def docs_python(section: str) -> str:
