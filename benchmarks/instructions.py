@@ -256,9 +256,15 @@ def report(payload: dict[str, Any], name: str, docs: Path = DOCS) -> None:
         if payload["preset"] == "cpu"
         else f"Seeds {', '.join(str(s) for s in payload['seeds'])}; means over seeds."
     )
+    data = (
+        f", after {payload['data_wall_s'] / 60:.1f} minutes building the task's data (the "
+        "reference's samples, cached and shared by every run)"
+        if "data_wall_s" in payload
+        else ", the task's data included"
+    )
     text = (
         f"Command: `{payload['command']}`; {payload['machine']}; "
-        f"{payload['wall_s'] / 60:.1f} minutes in all, the task's data included. {label} "
+        f"{payload['wall_s'] / 60:.1f} minutes of runs{data}. {label} "
         "Test prompts: 24, 4 samples each, for the policy and for its reference (the same "
         "samples in every run). Reward: the share of a prompt's constraints met (exact); "
         "CVaR 10 %: the mean of the worst 10 % of prompts; share at 0: prompts whose every "

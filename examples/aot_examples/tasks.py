@@ -150,7 +150,8 @@ class InstructionsTask:
             "instructions": dataclasses.asdict(task),
             "instructions_data": self.prepared.stats,
         }
-        return summary | metrics | {"reward_figure": REWARD_FIGURE}
+        rewards = {"policy": policy_rewards.tolist(), "reference": reference_rewards.tolist()}
+        return summary | metrics | {"reward_figure": REWARD_FIGURE, "rewards": rewards}
 
 
 def prepare_task(cfg: AlignConfig, accelerator: Accelerator) -> Task | None:
