@@ -138,20 +138,6 @@ def preference_dataset(name: str, tokenizer: PreTrainedTokenizerBase, *, unpaire
     return Dataset.from_list([trl_record(row, chat) for row in rows]).remove_columns("source")
 
 
-def trainable(model: PreTrainedModel) -> PreTrainedModel:
-    """``model`` without the GGUF quantizer that ``from_pretrained(..., gguf_file=...)`` leaves
-    on it when it has dequantized every weight into a float tensor (no GGUF blocks kept):
-    transformers' ``Trainer`` refuses to train a model marked quantized with GGUF."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if (
-        quantizer is not None
-        and quantizer.quantization_config.quant_method == "gguf"
-        and not getattr(quantizer, "packed_modules", None)
-    ):
-        quantizer.remove_quantization_config(model)
-    return model
-
-
 def lora_config() -> LoraConfig:
     """Rank 8 on peft's default layers for the model type: the attention's query and value
     projections (``q_proj``, ``v_proj`` in Llama, SmolLM2, Qwen2; ``c_attn`` in GPT-2)."""
@@ -167,7 +153,7 @@ def load(args: argparse.Namespace) -> Setup:
         options: dict[str, Any] = {"bf16": False, "learning_rate": 1e-2}
     else:
         source = ModelSource.resolve(args.model)
-        model, tokenizer = trainable(source.load_model(torch.float32)), load_tokenizer(source)
+        model, tokenizer = source.load_model(torch.float32), load_tokenizer(source)
         dataset = preference_dataset(args.dataset, tokenizer, unpaired=args.unpaired)
         options = {"learning_rate": 5e-5 if args.lora else 5e-7}
         if not torch.cuda.is_available():

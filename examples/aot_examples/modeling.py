@@ -131,10 +131,20 @@ class ModelSource:
         return _gguf_config(self.path, self.gguf_file, (stat.st_mtime_ns, stat.st_size))
 
     def load_model(self, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-        """``AutoModelForCausalLM`` with weights of ``dtype``."""
+        """``AutoModelForCausalLM`` with weights of ``dtype``, trainable like any other: a GGUF
+        file's weights are dequantized, and the GGUF quantizer mark that ``from_pretrained``
+        leaves on the model (which transformers' ``Trainer`` refuses to train) is removed when
+        no packed GGUF block remains."""
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             self.path, config=copy.deepcopy(self.config), dtype=dtype, **self.kwargs
         )
+        quantizer = getattr(model, "hf_quantizer", None)
+        if (
+            quantizer is not None
+            and quantizer.quantization_config.quant_method == "gguf"
+            and not getattr(quantizer, "packed_modules", None)
+        ):
+            quantizer.remove_quantization_config(model)
         return model
 
 

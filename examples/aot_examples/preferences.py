@@ -33,6 +33,7 @@ from itertools import combinations
 from typing import Any
 
 __all__ = [
+    "CELL_DATA",
     "CONSTRUCTIONS",
     "DATA_KINDS",
     "DATA_SEED",
@@ -191,6 +192,10 @@ CONSTRUCTIONS: dict[str, Callable[[Sequence[Sequence[ScoredSample]]], Records]] 
     "thumbs": thumbs_up_down,
 }
 DATA_KINDS = tuple(CONSTRUCTIONS)
+#: The data cells of the studies and the kind of records each trains on: ``best_vs_worst``
+#: (:func:`best_vs_worst_pairs`), ``noisy`` (:func:`noisy_pairs`) and ``unpaired``
+#: (:func:`thumbs_up_down`: about 1 desirable to 3 undesirable).
+CELL_DATA = {"best_vs_worst": "paired", "noisy": "noisy", "unpaired": "thumbs"}
 
 
 def data_stats(split: str, prompts: int, records: dict[str, Records], empty: int) -> dict[str, int]:

@@ -156,9 +156,9 @@ class InstructionsTask:
 
 def prepare_task(cfg: AlignConfig, accelerator: Accelerator) -> Task | None:
     """The run's task, prepared (the main process first, the others then reuse its cache);
-    ``None`` for the user's own data. The instructions task loads ``--model`` to sample from
-    it unless its cache (``--task-cache-dir``, default ``OUTPUT_DIR/instructions``) is
-    complete for that model and task."""
+    ``None`` for the user's own data. The instructions task loads ``--model`` (its weights key
+    the cache, ``--task-cache-dir``, default ``OUTPUT_DIR/instructions``) and samples from it
+    only what the cache lacks for that model and task."""
     out = Path(cfg.output_dir)
     if cfg.task == "instructions":
         if cfg.model is None:

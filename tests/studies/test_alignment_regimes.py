@@ -20,6 +20,7 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 pytest.importorskip("matplotlib")
 
+from aot_examples.preferences import CELL_DATA
 from aot_examples.toy import regimes, reward_metrics
 from aot_examples.toy.preferences import ScoredSample, noisy_pairs, thumbs_up_down
 
@@ -467,7 +468,7 @@ def test_micro_study_runs_every_phase_and_reports(tmp_path: Path) -> None:
         for key in study.METRICS:
             assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
         assert 0 <= r["win_rate"] <= 1 and 0 <= r["fsd_violation_pooled"] <= 1
-        assert r["config"]["toy_data"] == regimes.CELL_DATA[r["cell"]]
+        assert r["config"]["toy_data"] == CELL_DATA[r["cell"]]
         assert r["config"]["toy_eval_prompts"] == r["prompts"]
         assert "output_dir" not in r["config"]
     # what each method was fed, and its configuration

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data import write_jsonl
-from ..preferences import CONSTRUCTIONS, DATA_KINDS, ScoredSample, data_stats
+from ..preferences import CELL_DATA, CONSTRUCTIONS, DATA_KINDS, ScoredSample, data_stats
 from ..sampling import batch_seed, prompts_per_call, sample_completions
 from .evaluation import reward_stats
 from .task import InstructionPrompt, InstructionsConfig, Split, Splits, make_splits, reward
@@ -45,10 +45,6 @@ __all__ = [
 #: The splits that get preference data: ``train`` to learn from, ``validation`` for the
 #: loop's held-out loss (its ``paired`` file: best-vs-worst pairs of held-out topics).
 DATA_SPLITS: tuple[Split, ...] = ("train", "validation")
-
-#: The three data cells and the kind of records each trains on: best-vs-worst pairs, noisy
-#: pairs, unpaired thumbs-up/down (about 1 desirable to 3 undesirable).
-CELL_DATA = {"best_vs_worst": "paired", "noisy": "noisy", "unpaired": "thumbs"}
 
 #: Offsets of each split's sampling seed from the config's seed.
 _SPLIT_SEED = {"train": 1, "validation": 2}

@@ -21,10 +21,11 @@ Prompts of the training, evaluation (held-out pairs) and test (held-out reward) 
 disjoint, and the SFT demonstrations avoid the held-out ones.
 """
 
+from ..preferences import CELL_DATA
 from .artifacts import Artifacts, prepare
 from .evaluation import evaluate_policy, held_out_pairs, reward_metrics
 from .preferences import DATA_KINDS
-from .regimes import CELL_DATA, STUDY_TOY
+from .regimes import STUDY_TOY
 from .task import ToyConfig, build_model, build_tokenizer, reward, target
 
 __all__ = [

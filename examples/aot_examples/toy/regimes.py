@@ -4,10 +4,11 @@
 The study runs the embedded task with its default :class:`~.task.ToyConfig` except 4096
 training prompts (:data:`STUDY_TOY`), so that one completion per prompt still gives enough
 unpaired data. Each data cell trains on one kind of preference record of the task
-(:data:`CELL_DATA`, the ``--toy-data`` of ``align.py``; the constructions are in
-``preferences.py``). Its analysis compares methods by paired differences over seeds, with
-percentile bootstrap intervals (:func:`bootstrap_interval`), a verdict per predicted
-difference (:func:`verdict`), and rewards at a matched KL (:func:`interpolate`).
+(:data:`~aot_examples.preferences.CELL_DATA`, the ``--toy-data`` of ``align.py``; the
+constructions are in ``aot_examples/preferences.py``). Its analysis compares methods by
+paired differences over seeds, with percentile bootstrap intervals (:func:`bootstrap_interval`),
+a verdict per predicted difference (:func:`verdict`), and rewards at a matched KL
+(:func:`interpolate`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from .task import ToyConfig
 
 #: The study's task: the defaults, 4096 training prompts.
 STUDY_TOY = ToyConfig(train_prompts=4096)
-
-#: Each data cell of the study and the kind of records it trains on:
-#: ``best_vs_worst`` (the control, :func:`~.preferences.best_vs_worst_pairs`), ``noisy``
-#: (:func:`~.preferences.noisy_pairs`) and ``unpaired`` (:func:`~.preferences.thumbs_up_down`).
-CELL_DATA = {"best_vs_worst": "paired", "noisy": "noisy", "unpaired": "thumbs"}
 
 
 # --------------------------------------------------------------------------------------------
