@@ -14,11 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
 from .instructions.preparation import CELL_DATA
-from .losses import DEFAULT_BETA, LOSSES, LossSpec
+from .losses import DEFAULT_BETA, LOSSES, SORTS, LossSpec, SortChoice
 from .tokenization import check_lengths
 from .toy.preferences import DATA_KINDS
 from .toy.task import PROMPT_SPLITS, PromptSplit, ToyConfig
@@ -118,8 +117,13 @@ class AlignConfig:
         default="logistic",
         metadata={"help": "AOT penalty h", "choices": get_args(PenaltyName)},
     )
-    sort: SortKind = field(
-        default="hard", metadata={"help": "AOT sorting", "choices": get_args(SortKind)}
+    sort: SortChoice = field(
+        default="hard",
+        metadata={
+            "help": "AOT sorting (shuffled: a seeded random permutation in place of the sort, "
+            "the control of a random coupling)",
+            "choices": SORTS,
+        },
     )
     regularization_strength: float = _opt(0.1, "soft-sort regularization strength")
     label_smoothing: float = _opt(0.0, "label smoothing (AOT logistic, DPO)")

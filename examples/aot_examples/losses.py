@@ -1,10 +1,15 @@
 """The preference losses the loop trains with, over the four log-prob tensors: a loss and its
-options (:class:`LossSpec`), and :func:`preference_loss`, which calls ``aot_losses``."""
+options (:class:`LossSpec`), and :func:`preference_loss`, which calls ``aot_losses``.
+
+Besides AOT's ``hard`` and ``soft`` sorts, ``sort="shuffled"`` replaces the sort by a seeded
+random permutation (:class:`Shuffle`): the same loss on a random coupling of the two sides, the
+control that tells what the sorting itself contributes (docs/preregistration_2.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, TypeAlias, get_args
 
 import torch
 import torch.distributed as dist
@@ -12,7 +17,6 @@ from torch import Tensor
 
 import aot_losses
 from aot_losses import baselines
-from aot_losses.ot import SortKind
 from aot_losses.penalties import PenaltyName
 
 from .data import Example, PairedExample
@@ -21,8 +25,11 @@ __all__ = [
     "DEFAULT_BETA",
     "LOSSES",
     "PAIRED_LOSSES",
+    "SORTS",
     "LossSpec",
     "PreferenceLogps",
+    "Shuffle",
+    "SortChoice",
     "check_data_format",
     "preference_loss",
     "within_batch_pairs",
@@ -31,6 +38,33 @@ __all__ = [
 LOSSES = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto")
 PAIRED_LOSSES = ("aot_paired", "dpo", "ipo")  # the others also take paired data, as unpaired
 DEFAULT_BETA = {"aot_paired": 0.01, "aot_unpaired": 0.01, "dpo": 0.1, "ipo": 0.1, "kto": 0.1}
+#: AOT's couplings: its sorts (``aot_losses.ot.SortKind``) and the random control.
+SortChoice: TypeAlias = Literal["hard", "soft", "shuffled"]
+SORTS: tuple[SortChoice, ...] = get_args(SortChoice)
+
+
+class Shuffle:
+    """Seeded random permutations along the last dimension, passed as the AOT losses' ``sort``
+    in place of sorting: the margins u and v are then coupled at random
+    (u_pi(i) against v_sigma(i)) instead of by rank.
+
+    Every row (index of the leading dimensions) gets its own permutation: the losses sort u and
+    v stacked as two rows when their sizes are equal, and in two calls otherwise. Call ``k`` of
+    an instance draws from ``torch.Generator`` seeded with ``(seed, key, k)``; a key per
+    micro-batch (the loop's micro-step) gives fresh permutations at every micro-batch, the same
+    again when a run is resumed, and on every process that holds the same gathered batch.
+    """
+
+    def __init__(self, seed: int, key: int) -> None:
+        self.seed, self.key, self.calls = seed, key, 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        generator = torch.Generator().manual_seed(
+            hash((self.seed, self.key, self.calls)) & (2**63 - 1)
+        )
+        self.calls += 1
+        keys = torch.rand(x.shape, generator=generator, dtype=torch.float64)
+        return x.gather(-1, keys.argsort(dim=-1).to(x.device))
 
 
 @dataclass(frozen=True)
@@ -41,7 +75,8 @@ class LossSpec:
     Attributes:
         loss: one of :data:`LOSSES`.
         beta: the loss's scale or margin; ``None``: :data:`DEFAULT_BETA` (:attr:`loss_beta`).
-        penalty, sort, regularization_strength: AOT's penalty h and sorting.
+        penalty, sort, regularization_strength: AOT's penalty h and sorting (``shuffled``:
+            a :class:`Shuffle` in place of the sort).
         label_smoothing: AOT (logistic) and DPO.
         desirable_weight, undesirable_weight: KTO's lambda_D and lambda_U.
         pair_within_batch: a paired loss on unpaired batches (:func:`within_batch_pairs`).
@@ -50,7 +85,7 @@ class LossSpec:
     loss: str = "aot_paired"
     beta: float | None = None
     penalty: PenaltyName = "logistic"
-    sort: SortKind = "hard"
+    sort: SortChoice = "hard"
     regularization_strength: float = 0.1
     label_smoothing: float = 0.0
     desirable_weight: float = 1.0
@@ -60,6 +95,8 @@ class LossSpec:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.sort not in SORTS:
+            raise ValueError(f"--sort must be one of {SORTS}, got {self.sort!r}")
         if self.beta is not None and not self.beta > 0:
             raise ValueError(f"--beta must be positive, got {self.beta}")
         for name in ("desirable_weight", "undesirable_weight"):
@@ -150,11 +187,16 @@ def check_data_format(
 
 
 def preference_loss(
-    spec: LossSpec, logps: PreferenceLogps, process_group: dist.ProcessGroup | None = None
+    spec: LossSpec,
+    logps: PreferenceLogps,
+    process_group: dist.ProcessGroup | None = None,
+    *,
+    shuffle_seed: tuple[int, int] = (0, -1),
 ) -> Tensor:
     """``spec.loss`` from aot_losses on the four log-prob tensors; AOT losses sort over
     ``process_group`` (``None``: the local batch). With ``spec.pair_within_batch``, an unpaired
-    batch is paired first (:func:`within_batch_pairs`)."""
+    batch is paired first (:func:`within_batch_pairs`). ``shuffle_seed``: the ``(seed, key)``
+    of the :class:`Shuffle` of ``sort="shuffled"`` (the loop: its seed and micro-step)."""
     if spec.pair_within_batch and not logps.paired:
         logps = within_batch_pairs(logps)
     args = (
@@ -175,7 +217,7 @@ def preference_loss(
             beta=beta,
             penalty=spec.penalty,
             label_smoothing=spec.label_smoothing,
-            sort=spec.sort,
+            sort=Shuffle(*shuffle_seed) if spec.sort == "shuffled" else spec.sort,
             regularization_strength=spec.regularization_strength,
             process_group=process_group,
         )

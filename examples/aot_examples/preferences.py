@@ -29,6 +29,7 @@ import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "Records",
     "ScoredSample",
     "best_vs_worst_pairs",
+    "construct_all",
     "data_stats",
     "labelled_samples",
     "noisy_pairs",
@@ -192,6 +194,20 @@ CONSTRUCTIONS: dict[str, Callable[[Sequence[Sequence[ScoredSample]]], Records]] 
     "thumbs": thumbs_up_down,
 }
 DATA_KINDS = tuple(CONSTRUCTIONS)
+
+
+def construct_all(
+    scored: Sequence[Sequence[ScoredSample]], *, seed: int = DATA_SEED
+) -> dict[str, Records]:
+    """Every kind of record of :data:`CONSTRUCTIONS` from ``scored``, the noise of
+    :func:`noisy_pairs` and :func:`thumbs_up_down` drawn with ``seed`` (the data seed)."""
+    seeded = {
+        "noisy": partial(noisy_pairs, seed=seed),
+        "thumbs": partial(thumbs_up_down, seed=seed),
+    }
+    return {kind: seeded.get(kind, make)(scored) for kind, make in CONSTRUCTIONS.items()}
+
+
 #: The data cells of the studies and the kind of records each trains on: ``best_vs_worst``
 #: (:func:`best_vs_worst_pairs`), ``noisy`` (:func:`noisy_pairs`) and ``unpaired``
 #: (:func:`thumbs_up_down`: about 1 desirable to 3 undesirable).

@@ -252,7 +252,9 @@ class Trainer:
             self.micro_step += 1
             with accelerator.accumulate(self.model):
                 logps = batch_logps(self.model, batch.to(accelerator.device), self.paired)
-                loss = preference_loss(self.loss, logps, self.group)
+                loss = preference_loss(
+                    self.loss, logps, self.group, shuffle_seed=(cfg.seed, self.micro_step)
+                )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)

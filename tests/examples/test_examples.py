@@ -30,6 +30,7 @@ from aot_examples.losses import (  # noqa: E402
     LOSSES,
     PAIRED_LOSSES,
     PreferenceLogps,
+    Shuffle,
     check_data_format,
     preference_loss,
     within_batch_pairs,
@@ -99,6 +100,13 @@ def test_embedded_run_writes_summary_metrics_and_figure(
     for key in ("reference_reward_mean", "policy_reward_mean", "policy_reward_se", "win_rate_mean"):
         assert isinstance(summary[key], float)
     assert summary["toy"] == dataclasses.asdict(MICRO_TOY) and summary["steps"] == 6
+    for name in ("reference", "policy"):  # every sample's reward, and the worst prompts' mean
+        rewards = torch.tensor(summary[f"{name}_rewards"], dtype=torch.float64)
+        assert rewards.shape == (MICRO_TOY.test_prompts, MICRO_TOY.test_samples_per_prompt)
+        assert rewards.mean().item() == pytest.approx(summary[f"{name}_reward_mean"])
+        worst = rewards.mean(1).sort().values[:2].tolist()  # 10 % of 16 prompts: 1.6 of them
+        cvar = (worst[0] + 0.6 * worst[1]) / 1.6
+        assert summary[f"{name}_reward_cvar10"] == pytest.approx(cvar)
     assert "reward (held-out prompts)" in printed and "held-out pairs: fsd/violation" in printed
     assert (tmp_path / "quantiles.png").stat().st_size > 0
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
@@ -121,6 +129,8 @@ def test_embedded_run_writes_summary_metrics_and_figure(
     [
         {"loss": "aot_unpaired", "sort": "soft", "penalty": "squared_hinge"},
         {"loss": "dpo", "gradient_accumulation_steps": 2},
+        # the random-coupling control on unequal counts of desirable and undesirable data
+        {"loss": "aot_unpaired", "sort": "shuffled", "toy_data": "thumbs"},
         # thumbs-up/down data, pairs formed in each micro-batch, measured on the validation
         # prompts
         {
@@ -130,7 +140,7 @@ def test_embedded_run_writes_summary_metrics_and_figure(
             "toy_eval_prompts": "validation",
         },
     ],
-    ids=lambda o: str(o["loss"]),
+    ids=lambda o: "-".join(str(o[k]) for k in ("loss", "sort") if k in o),
 )
 def test_unpaired_and_paired_losses_train(
     tmp_path: Path, micro_task: toy.Artifacts, overrides: dict[str, Any]
@@ -240,6 +250,63 @@ def test_each_loss_is_the_library_function(loss: str) -> None:
     }[loss]()
     logps = PreferenceLogps(*tensors, paired=loss in PAIRED_LOSSES)
     torch.testing.assert_close(preference_loss(cfg.loss_spec, logps), expected, rtol=0, atol=0)
+
+
+def test_the_shuffled_sort_couples_the_margins_at_random() -> None:
+    """``sort="shuffled"``: u and v each permuted on their own, seeded, so that AOT's logistic
+    penalty is DPO's on the randomly re-paired margins; the same (seed, micro-step) draws the
+    same permutations (a resumed run repeats them), another one others; unequal sizes (two
+    calls) transport the permuted sides with their grid."""
+    generator = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(16, generator=generator, dtype=torch.float64) for _ in range(4))
+    index = torch.arange(16.0, dtype=torch.float64)
+    p, q = Shuffle(3, 7)(torch.stack((index, index))).long()  # what the losses draw (one call)
+    for order in (p, q):
+        assert sorted(order.tolist()) == list(range(16)) and order.tolist() != list(range(16))
+    assert p.tolist() != q.tolist()  # u and v: permutations of their own
+    assert torch.equal(Shuffle(3, 7)(index.expand(2, 16)).long(), torch.stack((p, q)))
+    assert not torch.equal(Shuffle(3, 8)(index.expand(2, 16)).long(), torch.stack((p, q)))
+    for loss, expected in (
+        ("aot_paired", baselines.dpo_loss(pc[p], pr[p], rc[q], rr[q], beta=0.5)),
+        ("aot_unpaired", baselines.dpo_loss(pc[p], pr[q], rc[p], rr[q], beta=0.5)),
+    ):
+        cfg = AlignConfig("x", loss=loss, beta=0.5, penalty="logistic", sort="shuffled")
+        logps = PreferenceLogps(pc, pr, rc, rr, paired=loss == "aot_paired")
+        loss_value = preference_loss(cfg.loss_spec, logps, shuffle_seed=(3, 7))
+        torch.testing.assert_close(loss_value, expected, rtol=1e-12, atol=0)
+    # 4 desirable, 16 undesirable: one call per side, then the merged grid of sizes 4 and 16
+    shuffle = Shuffle(3, 7)
+    u, v = shuffle(torch.arange(4.0)).long(), shuffle(index).long()
+    cfg = AlignConfig("x", loss="aot_unpaired", beta=0.5, sort="shuffled")
+    logps = PreferenceLogps(pc[:4], pr, rc[:4], rr, paired=False)
+    expected = aot_losses.aot_unpaired_loss(
+        pc[:4][u],
+        pr[v],
+        rc[:4][u],
+        rr[v],
+        beta=0.5,
+        sort=lambda x: x,  # the given order
+    )
+    loss_value = preference_loss(cfg.loss_spec, logps, shuffle_seed=(3, 7))
+    torch.testing.assert_close(loss_value, expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="--sort must be one of"):
+        AlignConfig("x", sort="random")  # type: ignore[arg-type]
+
+
+def test_a_data_seed_redraws_the_data_not_the_prompts_or_the_reference(
+    tmp_path: Path, micro_task: toy.Artifacts
+) -> None:
+    """Data seed 1: other samples of the reference and other noise, on the same training
+    prompts and from the same SFT reference as data seed 0."""
+    other = toy.prepare(dataclasses.replace(MICRO_TOY, data_seed=1), tmp_path)
+    weights = [load_file(t.reference_dir / "model.safetensors") for t in (micro_task, other)]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)
+    records = [read_jsonl(t.dataset("thumbs", "train")) for t in (micro_task, other)]
+    assert [r.prompt for r in records[0]] == [r.prompt for r in records[1]]
+    assert [r.completion for r in records[0]] != [r.completion for r in records[1]]
+    noisy = [read_jsonl(t.dataset("noisy", "train")) for t in (micro_task, other)]
+    assert [(r.chosen, r.rejected) for r in noisy[0]] != [(r.chosen, r.rejected) for r in noisy[1]]
 
 
 def test_paired_losses_refuse_unpaired_data(micro_task: toy.Artifacts) -> None:

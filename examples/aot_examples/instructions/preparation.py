@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data import write_jsonl
-from ..preferences import CELL_DATA, CONSTRUCTIONS, DATA_KINDS, ScoredSample, data_stats
+from ..preferences import CELL_DATA, DATA_KINDS, ScoredSample, construct_all, data_stats
 from ..sampling import batch_seed, prompts_per_call, sample_completions
 from .evaluation import reward_stats
 from .task import InstructionPrompt, InstructionsConfig, Split, Splits, make_splits, reward
@@ -231,7 +231,7 @@ def prepare(
                 seed=cfg.seed * 1000 + _SPLIT_SEED[split],
             )
             scored, empty = _scored(records)
-            data = {kind: construct(scored) for kind, construct in CONSTRUCTIONS.items()}
+            data = construct_all(scored)
             for kind, kind_records in data.items():
                 write_jsonl(cache / f"{kind}_{split}.jsonl", kind_records)
             rewards = torch.tensor([r["rewards"] for r in records], dtype=torch.float64)

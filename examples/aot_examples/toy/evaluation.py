@@ -16,6 +16,7 @@ from aot_losses import diagnostics
 
 from ..batching import Batch, collate
 from ..data import read_jsonl
+from ..instructions.evaluation import cvar
 from ..losses import PreferenceLogps
 from ..modeling import load_adapter, load_tokenizer, sequence_logps
 from ..report import preference_metrics
@@ -109,7 +110,10 @@ def evaluate_policy(
         (policy sample j beats reference sample j on the same prompt; ties count 1/2),
         ``kl_policy_reference``/``_se`` (mean of log pi(y|x) - log pi_ref(y|x) over policy
         samples: an unbiased estimate of the sequence-level KL), greedy-decoding rewards, the
-        reward distribution's :func:`reward_metrics`, ``prompts`` (the split),
+        reward distribution's :func:`reward_metrics`, ``{reference,policy}_reward_cvar10``
+        (the CVaR 10 % of the prompts' mean rewards, :func:`~..instructions.evaluation.cvar`),
+        ``{reference,policy}_rewards`` (every sample's reward, a list per prompt in the split's
+        order), ``prompts`` (the split),
         ``prompt_count``, ``samples_per_prompt``, and ``held_out_pairs``:
         :func:`~aot_examples.report.preference_metrics` of the held-out pairs
         (``artifacts.dataset("paired", "eval")``).
@@ -168,6 +172,9 @@ def evaluate_policy(
     ):
         summary[f"{name}_mean"], summary[f"{name}_se"] = _mean_se(values)
     summary |= reward_metrics(pol_r, ref_r)
+    for name, values in (("reference", ref_r), ("policy", pol_r)):
+        summary[f"{name}_reward_cvar10"] = cvar(values.double().mean(1))
+        summary[f"{name}_rewards"] = values.tolist()
     for name, reference in (("reference", True), ("policy", False)):
         summary[f"{name}_greedy_reward_mean"] = (
             rewards(generate_ids(True, reference=reference), 1).mean().item()

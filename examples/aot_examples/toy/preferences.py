@@ -16,9 +16,9 @@ from transformers import GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBa
 from ..data import write_jsonl
 from ..modeling import load_tokenizer
 from ..preferences import (
-    CONSTRUCTIONS,
     DATA_KINDS,
     ScoredSample,
+    construct_all,
     data_stats,
     noisy_pairs,
     thumbs_up_down,
@@ -70,13 +70,16 @@ def build_preference_data(
 ) -> dict[str, int]:
     """Score the reference's samples on the train and eval prompts and write
     ``{kind}_{split}.jsonl`` into ``data_dir`` for every construction of
-    :data:`CONSTRUCTIONS`. Returns the counts of what was written and left out."""
+    :data:`CONSTRUCTIONS`, the samples and the noise seeded by ``cfg.data_seed`` (data seed 0:
+    sampling seeds ``1000 seed + 1`` and ``+ 2``, noise seed 0). Returns the counts of what was
+    written and left out."""
     tokenizer = load_tokenizer(str(reference_dir))
     model = GPT2LMHeadModel.from_pretrained(reference_dir).eval()
     stats: dict[str, int] = {}
     for split, prompts, seed in (("train", splits.train, 1), ("eval", splits.eval, 2)):
-        scored, empty = score_samples(cfg, model, tokenizer, prompts, cfg.seed * 1000 + seed)
-        records = {kind: construct(scored) for kind, construct in CONSTRUCTIONS.items()}
+        sampling_seed = cfg.seed * 1000 + 10 * cfg.data_seed + seed
+        scored, empty = score_samples(cfg, model, tokenizer, prompts, sampling_seed)
+        records = construct_all(scored, seed=cfg.data_seed)
         for kind, kind_records in records.items():
             write_jsonl(data_dir / f"{kind}_{split}.jsonl", kind_records)
         stats |= data_stats(split, len(prompts), records, empty)

@@ -57,6 +57,9 @@ class ToyConfig:
     samples_per_prompt: int = 4  # completions sampled per prompt to build preferences
     test_samples_per_prompt: int = 4
     temperature: float = 1.0
+    #: Seeds the reference's samples of the preference data and the constructions' noise
+    #: draws; the prompts, the reference and the evaluation samples stay those of ``seed``.
+    data_seed: int = 0
 
     @property
     def max_new_tokens(self) -> int:
