@@ -515,12 +515,12 @@ COLUMNS = {
 }
 
 
-def _mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float]) -> str:
     sd = stdev(values) if len(values) > 1 else 0.0
     return f"{fmean(values):.4f} ± {sd:.4f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> str:
     """A markdown table; ``align`` holds ``l`` or ``r`` per column."""
     rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
     lines = ["| " + " | ".join(header) + " |", rule]
@@ -532,17 +532,19 @@ def metric_table(first: str, groups: Sequence[tuple[str, str, list[dict[str, Any
     """Mean ± standard deviation over seeds of every metric, one row per ``(name, setting,
     runs)``."""
     rows = [
-        [name, setting, len(same), *(_mean_sd([r[m] for r in same]) for m in COLUMNS)]
+        [name, setting, len(same), *(mean_sd([r[m] for r in same]) for m in COLUMNS)]
         for name, setting, same in groups
     ]
-    return _table([first, "setting", "seeds", *COLUMNS.values()], rows, "llr" + "r" * len(COLUMNS))
+    return markdown_table(
+        [first, "setting", "seeds", *COLUMNS.values()], rows, "llr" + "r" * len(COLUMNS)
+    )
 
 
-def _interval(c: Comparison) -> str:
+def interval_text(c: Comparison) -> str:
     return "-" if c.interval is None else f"[{c.interval[0]:+.4f}, {c.interval[1]:+.4f}]"
 
 
-def _signed(x: float | None) -> str:
+def signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
 
 
@@ -742,10 +744,10 @@ def cell_section(runs: Sequence[dict[str, Any]], cell: str, name: str, docs: Pat
         if a in methods and b in methods
     ]
     if diffs:
-        rows = [[c.what, c.seeds, _signed(c.mean), _interval(c)] for c in diffs]
+        rows = [[c.what, c.seeds, signed(c.mean), interval_text(c)] for c in diffs]
         parts.append(
             "Test reward, AOT against each baseline (paired by seed):\n\n"
-            + _table(["difference", "seeds", "mean", "95 % CI"], rows, "lrrl")
+            + markdown_table(["difference", "seeds", "mean", "95 % CI"], rows, "lrrl")
         )
     target, matched = matched_kl(runs, cell)
     if target is not None:
@@ -753,7 +755,7 @@ def cell_section(runs: Sequence[dict[str, Any]], cell: str, name: str, docs: Pat
         parts.append(
             "Matched KL: each method's validation reward interpolated at the cell's median "
             f"test-phase KL, {target:.4f}:\n\n"
-            + _table(["method", "validation reward at that KL"], rows, "lr")
+            + markdown_table(["method", "validation reward at that KL"], rows, "lr")
         )
     image = docs / "img" / f"{name}_{cell}.png"
     plot_cell(runs, cell, image)
@@ -773,7 +775,7 @@ def cell_section(runs: Sequence[dict[str, Any]], cell: str, name: str, docs: Pat
     header = ["method", "setting", "seeds", "validation reward", "validation KL", "chosen"]
     parts.append(
         "<details><summary>Tuning: every configuration (means of the tuning seeds)</summary>"
-        "\n\n" + _table(header, rows, "llrrrl") + "\n\n</details>"
+        "\n\n" + markdown_table(header, rows, "llrrrl") + "\n\n</details>"
     )
     return "\n\n".join(parts)
 
@@ -803,7 +805,7 @@ def verdict_section(runs: Sequence[dict[str, Any]]) -> str:
     """Every comparison of the hypotheses and each hypothesis's verdict."""
     comparisons, overall = hypotheses(runs)
     rows = [
-        [c.hypothesis, c.what, c.prediction, c.seeds, _signed(c.mean), _interval(c), c.verdict]
+        [c.hypothesis, c.what, c.prediction, c.seeds, signed(c.mean), interval_text(c), c.verdict]
         for c in comparisons
     ]
     header = ["hypothesis", "comparison", "prediction", "seeds", "mean", "95 % CI", "verdict"]
@@ -812,7 +814,7 @@ def verdict_section(runs: Sequence[dict[str, Any]]) -> str:
         "of the predicted difference lies on the predicted side of 0, contradicted when it "
         "lies below 0, inconclusive otherwise; a hypothesis of several differences needs all "
         "of them (H4 also the ordered means). Test reward unless said.\n\n"
-        + _table(header, rows, "llllrll")
+        + markdown_table(header, rows, "llllrll")
         + "\n\n"
         + ", ".join(f"**{h}**: {v}" for h, v in overall.items())
         + "."
