@@ -14,8 +14,9 @@ and reward-quantile plot).
 
 The ``cpu`` preset is a one-seed demonstration sized for a 2-core machine (measured: 8 minutes
 of data and 45 of runs), not a study: no tuning, one seed, a few optimizer steps. The ``gpu``
-preset runs three seeds on the three data cells on one CUDA GPU (not yet run; sized, not
-measured, for about 8 minutes at 6 runs at a time).
+preset runs three seeds on the three data cells on one CUDA GPU, with the shuffled-coupling and
+least-squares arms of the mechanism study beside the five methods (not yet run; sized, not
+measured, for about 15 minutes at 6 runs at a time).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from benchmarks.common import RESULTS, ROOT, environment, write_section
 
-__all__ = ["METHODS", "PRESETS", "Method", "Preset", "main", "report"]
+__all__ = ["COUPLINGS", "METHODS", "PRESETS", "Method", "Preset", "main", "report"]
 
 DOCS = ROOT / "docs"
 
@@ -57,6 +58,20 @@ METHODS = (
     Method("dpo", {"loss": "dpo", "beta": 0.1}),
     Method("ipo", {"loss": "ipo", "beta": 0.1}),
     Method("kto", {"loss": "kto", "beta": 0.1}),
+)
+#: The GPU preset's further arms, the couplings of the mechanism study
+#: (docs/preregistration_2.md): AOT's sort replaced by a seeded random permutation
+#: (``--sort shuffled``) for the logistic penalty, and AOT's least squares sorted and shuffled at
+#: IPO's margin (1 / (2 x 0.1) = 5), so that each AOT arm has its per-pair and its random
+#: coupling beside it.
+COUPLINGS = (
+    Method("aot_paired_shuffled", {"loss": "aot_paired", "beta": 0.1, "sort": "shuffled"}),
+    Method("aot_unpaired_shuffled", {"loss": "aot_unpaired", "beta": 0.1, "sort": "shuffled"}),
+    Method("aot_paired_ls", {"loss": "aot_paired", "penalty": "least_squares", "beta": 5.0}),
+    Method(
+        "aot_paired_ls_shuffled",
+        {"loss": "aot_paired", "penalty": "least_squares", "beta": 5.0, "sort": "shuffled"},
+    ),
 )
 
 
@@ -90,7 +105,7 @@ PRESETS = {
     "gpu": Preset(
         seeds=(0, 1, 2),
         cells=("best_vs_worst", "noisy", "unpaired"),
-        methods=METHODS,
+        methods=METHODS + COUPLINGS,
         options={
             "max_steps": 60,
             "per_device_batch_size": 16,

@@ -24,6 +24,7 @@ def test_every_run_is_a_command_line_align_accepts(preset: str, tmp_path: Path) 
             cfg = parse_args(args)
             assert (cfg.task, cfg.task_data, cfg.seed) == ("instructions", cell, 3)
             assert cfg.loss == method.options["loss"]
+            assert cfg.sort == method.options.get("sort", "hard")
             assert cfg.max_steps == chosen.options["max_steps"]
 
 
