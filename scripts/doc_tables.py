@@ -7,7 +7,7 @@
 section whose JSON is absent says so) and ``bench_distributed``, from
 ``benchmarks/results/{sort,losses}_{cpu,cuda}.json`` and ``distributed_cpu.json``.
 ``docs/alignment.md``: the ``alignment``, ``alignment_quick``, ``alignment_regimes``,
-``alignment_regimes_quick`` and ``instructions_{cpu,gpu}`` sections and their plots in
+``alignment_regimes_quick``, ``alignment_mechanism`` and ``instructions_{cpu,gpu}`` sections and their plots in
 ``docs/img/``, from the JSON of the same names, by the studies' own ``report`` (what their
 ``--report`` runs). Only the text between a
 section's ``<!-- key:begin -->`` and ``<!-- key:end -->`` markers is generated; the prose
@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks import (
     alignment,
+    alignment_mechanism,
     alignment_regimes,
     bench_distributed,
     bench_losses,
@@ -47,6 +48,7 @@ STUDIES = (
     (alignment, "alignment_quick"),
     (alignment_regimes, "alignment_regimes"),
     (alignment_regimes, "alignment_regimes_quick"),
+    (alignment_mechanism, "alignment_mechanism"),
     (instructions, "instructions_cpu"),
     (instructions, "instructions_gpu"),
 )
