@@ -58,6 +58,7 @@ from benchmarks.alignment_regimes import (
     markdown_table,
     mean_sd,
     paired_differences,
+    plot_ablation,
     signed,
 )
 from benchmarks.common import ROOT, environment, write_section
@@ -699,7 +700,7 @@ def analyse(payload: dict[str, Any]) -> dict[str, Any]:
                     for other in (shuffled, per_pair)
                 ),
             ]
-            comparisons += [dataclasses.asdict(c) | {"cell": cell} for c in rows]
+            comparisons += [dataclasses.asdict(c) | {"cell": cell, "family": family} for c in rows]
         for hypothesis, a, b in dominance_pairs(runs, cell):
             result = quantile_dominance(*paired_rewards(runs, cell, a, b))
             dominance.append(
@@ -751,12 +752,13 @@ def ablation_comparisons(runs: Sequence[dict[str, Any]]) -> list[Comparison]:
 
 
 def hypothesis_key(comparison: dict[str, Any]) -> str:
-    """What a verdict is given for: G1 once, the others per cell, M3 per per-pair arm."""
+    """What a verdict is given for: G1 once, the others per cell, M3 and T1 per penalty
+    family (the sorted arm against the arms of its own penalty)."""
     if comparison["hypothesis"] == "G1":
         return "G1"
     key = f"{comparison['hypothesis']} {comparison['cell']}"
-    if comparison["hypothesis"] == "M3":
-        key += f" (vs {comparison['what'].split(' - ')[-1]})"
+    if comparison["hypothesis"] in ("M3", "T1"):
+        key += f" ({comparison['family']})"
     return key
 
 
@@ -932,35 +934,6 @@ def plot_quantiles(dominance: Sequence[dict[str, Any]], cell: str, path: Path) -
     plt.close(fig)
 
 
-def plot_ablation(runs: Sequence[dict[str, Any]], path: Path) -> None:
-    """Test reward against the sort group size (every seed, and the mean)."""
-    plt = _pyplot()
-    ablation = [r for r in runs if r["phase"] == "ablation"]
-    groups = sorted({r["group_size"] for r in ablation})
-    rewards = {g: [r["reward_mean"] for r in ablation if r["group_size"] == g] for g in groups}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for g, values in rewards.items():
-        ax.plot([g] * len(values), values, "o", alpha=0.5, color="tab:cyan")
-    ax.plot(
-        groups,
-        [fmean(v) for v in rewards.values()],
-        "*-",
-        ms=12,
-        color="tab:blue",
-        label="mean over seeds",
-    )
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(groups, [str(g) for g in groups])
-    ax.set_xlabel("completions sorted together")
-    ax.set_ylabel("exact reward (test)")
-    ax.set_title("aot_sorted_logistic: sort group size", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _comparison_rows(comparisons: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return [
         [
@@ -1130,11 +1103,12 @@ def ablation_section(
         if (same := [r for r in ablation if r["group_size"] == g])
     ]
     image = docs / "img" / f"{name}_ablation.png"
-    plot_ablation(ablation, image)
+    cell = payload["plan"]["cells"][0]
+    plot_ablation(ablation, image, f"{cell}: aot_sorted_logistic, sort group size")
     g1 = [c for c in analysis["comparisons"] if c["hypothesis"] == "G1"]
     header = ["hypothesis", "comparison", "prediction", "seeds", "mean", "95 % CI", "verdict"]
     return (
-        f"### {payload['plan']['cells'][0]}: sort group size\n\n`aot_sorted_logistic` at its "
+        f"### {cell}: sort group size\n\n`aot_sorted_logistic` at its "
         f"selected configuration ({ablation[0]['setting_label']}), {spec['per_step']} "
         f"completions per optimizer step, {spec['steps']} steps ({spec['warmup_steps']} "
         "warmup), each micro-batch (per-device batch x gradient accumulation) sorted on its "
@@ -1174,12 +1148,22 @@ def report(payload: dict[str, Any], name: str, docs: Path = DOCS) -> None:
     write_section(name, "\n\n".join(parts), docs / "alignment.md", "Alignment: AOT vs baselines")
 
 
+def save(payload: dict[str, Any], path: Path) -> None:
+    """The result file: the payload indented, each run's record on one line of its own."""
+    head = json.dumps({k: v for k, v in payload.items() if k != "runs"}, indent=1)
+    runs = ",\n".join(json.dumps(r) for r in payload["runs"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head[:-2] + f',\n "runs": [\n{runs}\n ]\n}}\n')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--quick", action="store_true", help="a pipeline check, not the study")
     what.add_argument("--timing", action="store_true", help="the timing pass of cells 1-2")
-    what.add_argument("--report", action="store_true", help="only rebuild docs from results")
+    what.add_argument(
+        "--report", action="store_true", help="analyse the saved runs again and rebuild the docs"
+    )
     parser.add_argument(
         "--cells",
         type=int,
@@ -1219,7 +1203,9 @@ def main() -> None:
     )
     results, docs = (args.work_dir, args.work_dir) if args.quick else (RESULTS, DOCS)
     path = results / f"{plan.name}.json"
-    if not args.report:
+    if args.report:  # the analysis of the saved runs, done again (it is seeded)
+        payload = json.loads(path.read_text())
+    else:
         payload = run_study(plan, args.work_dir, args.jobs)
         payload["command"] = (
             "python -m benchmarks.alignment_mechanism"
@@ -1227,9 +1213,8 @@ def main() -> None:
             + (f" --cells {args.cells}" if args.cells != len(CELLS) else "")
             + (f" --jobs {args.jobs}" if args.jobs != 2 else "")
         )
-        payload["analysis"] = analyse(payload)
-        results.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1) + "\n")
+    payload["analysis"] = analyse(payload)
+    save(payload, path)
     report(json.loads(path.read_text()), plan.name, docs)
     print(f"results: {path}; report: {docs / 'alignment.md'}")
 

@@ -620,7 +620,11 @@ def plot_cell(runs: Sequence[dict[str, Any]], cell: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_ablation(runs: Sequence[dict[str, Any]], path: Path) -> None:
+def plot_ablation(
+    runs: Sequence[dict[str, Any]],
+    path: Path,
+    title: str = "unpaired: aot_unpaired, sort group size",
+) -> None:
     """Test reward against the sort group size (every seed, and the mean)."""
     import matplotlib
 
@@ -645,7 +649,7 @@ def plot_ablation(runs: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xticks(groups, [str(g) for g in groups])
     ax.set_xlabel("completions sorted together")
     ax.set_ylabel("exact reward (test)")
-    ax.set_title("unpaired: aot_unpaired, sort group size", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

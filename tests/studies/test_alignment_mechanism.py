@@ -6,6 +6,7 @@ report) at micro scale."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -73,18 +74,24 @@ def test_quantile_dominance_of_equal_and_shifted_rewards() -> None:
 
 
 def test_verdicts_need_every_difference_and_g1_the_ordered_means() -> None:
+    def row(hypothesis: str, verdict: str, family: str = "logistic") -> dict[str, str]:
+        return {"hypothesis": hypothesis, "cell": "c", "family": family, "verdict": verdict}
+
     rows = [
-        {"hypothesis": "M1", "cell": "c", "what": "c: a - b", "verdict": "supported"},
-        {"hypothesis": "T1", "cell": "c", "what": "c: CVaR, a - b", "verdict": "supported"},
-        {"hypothesis": "T1", "cell": "c", "what": "c: CVaR, a - d", "verdict": "inconclusive"},
-        {"hypothesis": "M3", "cell": "c", "what": "c: a - dpo", "verdict": "per-pair better"},
-        {"hypothesis": "G1", "cell": "c", "what": "gap", "verdict": "supported"},
-        {"hypothesis": "G1", "cell": "c", "what": "order", "verdict": "does not hold"},
+        row("M1", "supported"),
+        row("T1", "supported"),
+        row("T1", "inconclusive"),
+        row("T1", "supported", "least_squares"),
+        row("T1", "supported", "least_squares"),
+        row("M3", "per-pair better"),
+        row("G1", "supported"),
+        row("G1", "does not hold"),
     ]
     assert study.overall(rows) == {
         "M1 c": "supported",
-        "T1 c": "inconclusive",
-        "M3 c (vs dpo)": "per-pair better",
+        "T1 c (logistic)": "inconclusive",
+        "T1 c (least_squares)": "supported",
+        "M3 c (logistic)": "per-pair better",
         "G1": "inconclusive",
     }
 
@@ -131,6 +138,8 @@ def test_the_study_pipeline_runs_at_micro_scale(tmp_path: Path) -> None:
     assert {r["data_seed"] for r in runs if r["phase"] == "test"} == {0, 1}
     payload["command"] = "test"
     payload["analysis"] = study.analyse(payload)
+    study.save(payload, tmp_path / "micro.json")  # one line per run, read back as it was
+    assert json.loads((tmp_path / "micro.json").read_text()) == json.loads(json.dumps(payload))
     hypotheses = {c["hypothesis"] for c in payload["analysis"]["comparisons"]}
     assert hypotheses == {"M1", "M2", "M3", "T1", "T2", "G1"}
     study.report(payload, "micro", tmp_path)
