@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 from aot_examples.data import PairedExample, load_examples
-from aot_examples.modeling import ModelSource, load_tokenizer
+from aot_examples.modeling import ModelSource, load_tokenizer, lora_targets
 from datasets import Dataset
 from peft import LoraConfig
 from tokenizers import Tokenizer, pre_tokenizers
@@ -138,10 +138,14 @@ def preference_dataset(name: str, tokenizer: PreTrainedTokenizerBase, *, unpaire
     return Dataset.from_list([trl_record(row, chat) for row in rows]).remove_columns("source")
 
 
-def lora_config() -> LoraConfig:
+def lora_config(model: PreTrainedModel) -> LoraConfig:
     """Rank 8 on peft's default layers for the model type: the attention's query and value
-    projections (``q_proj``, ``v_proj`` in Llama, SmolLM2, Qwen2; ``c_attn`` in GPT-2)."""
-    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM")
+    projections (``q_proj``, ``v_proj`` in Llama, SmolLM2, Qwen2; ``c_attn`` in GPT-2, whose
+    ``Conv1D`` stores its weight transposed: ``fan_in_fan_out``)."""
+    _, fan_in_fan_out = lora_targets(model)
+    return LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out
+    )
 
 
 def load(args: argparse.Namespace) -> Setup:
@@ -160,7 +164,7 @@ def load(args: argparse.Namespace) -> Setup:
             options["bf16"] = False  # TRL's bf16 autocast, on the CPU too otherwise
     options["use_cpu"] = not torch.cuda.is_available()
     if args.lora:
-        return Setup(model, tokenizer, None, lora_config(), dataset, options)
+        return Setup(model, tokenizer, None, lora_config(model), dataset, options)
     return Setup(model, tokenizer, copy.deepcopy(model), None, dataset, options)
 
 

@@ -19,7 +19,7 @@ import torch
 for _module in ("transformers", "peft", "matplotlib", "tqdm"):
     pytest.importorskip(_module)
 
-from aot_examples import preferences, sampling, toy  # noqa: E402
+from aot_examples import modeling, preferences, sampling, toy  # noqa: E402
 from aot_examples.data import read_jsonl  # noqa: E402
 from aot_examples.instructions import (  # noqa: E402
     Constraint,
@@ -429,7 +429,8 @@ def lora(model: Any, scale: float) -> PeftModel:
     """LoRA adapters on a copy of ``model``: zero (``scale=0``, as fresh ones) or random."""
     base = copy.deepcopy(model)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)
-    peft = get_peft_model(base, config)
+    with modeling.quiet_peft():
+        peft = get_peft_model(base, config)
     torch.manual_seed(1)
     for name, parameter in peft.named_parameters():
         if "lora_B" in name:
