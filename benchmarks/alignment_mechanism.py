@@ -942,7 +942,9 @@ def _comparison_rows(comparisons: Sequence[dict[str, Any]]) -> list[list[Any]]:
             c["prediction"],
             c["seeds"],
             signed(c["mean"]),
-            interval_text(Comparison(**{k: v for k, v in c.items() if k != "cell"})),
+            interval_text(
+                Comparison(**{k: v for k, v in c.items() if k not in ("cell", "family")})
+            ),
             c["verdict"],
         ]
         for c in comparisons
