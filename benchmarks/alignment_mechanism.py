@@ -966,7 +966,8 @@ def intro(payload: dict[str, Any]) -> list[str]:
     parts.append(
         "Protocol: [preregistration_2.md](preregistration_2.md). Command: "
         f"`{payload['command']}`; {payload['machine']}; {len(runs)} runs, {payload['jobs']} at "
-        f"a time, {payload['wall_s'] / 3600:.2f} hours in all. Cells run: "
+        f"a time, {payload['wall_s'] / 3600:.2f} hours for this command (runs finished by an "
+        "earlier command in the same work directory are kept, not redone). Cells run: "
         + ", ".join(f"`{c}`" for c in plan["cells"])
         + f". Tuning seeds {', '.join(map(str, plan['tuning_seeds']))} on data seed "
         f"{plan['data_seeds'][0]} and the validation prompts; test seeds "

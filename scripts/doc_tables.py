@@ -7,9 +7,9 @@
 section whose JSON is absent says so) and ``bench_distributed``, from
 ``benchmarks/results/{sort,losses}_{cpu,cuda}.json`` and ``distributed_cpu.json``.
 ``docs/alignment.md``: the ``alignment``, ``alignment_quick``, ``alignment_regimes``,
-``alignment_regimes_quick``, ``alignment_mechanism`` and ``instructions_{cpu,gpu}`` sections and their plots in
-``docs/img/``, from the JSON of the same names, by the studies' own ``report`` (what their
-``--report`` runs). Only the text between a
+``alignment_regimes_quick``, ``alignment_mechanism`` and ``instructions_{cpu,gpu}`` sections
+and their plots in ``docs/img/``, from the JSON of the same names, by the studies' own
+``report`` (what their ``--report`` runs). Only the text between a
 section's ``<!-- key:begin -->`` and ``<!-- key:end -->`` markers is generated; the prose
 around it is written by hand. A test (``tests/benchmarks/test_doc_tables.py``) fails when a
 committed page differs from what its results make of it.
