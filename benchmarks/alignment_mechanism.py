@@ -50,15 +50,19 @@ from aot_examples.toy.regimes import (
 from aot_examples.toy.task import make_splits
 from tqdm import tqdm
 
+from benchmarks import alignment_regimes as regimes
 from benchmarks.alignment import Arm, launch
 from benchmarks.alignment_regimes import (
+    PATHS,
     Comparison,
+    ablation_options,
     compare,
     interval_text,
     markdown_table,
     mean_sd,
     paired_differences,
     plot_ablation,
+    run_label,
     signed,
 )
 from benchmarks.common import ROOT, environment, write_section
@@ -231,25 +235,8 @@ class Run:
             "toy_eval_prompts": self.prompts,
             **self.extra,
         }
-        label = f"{self.arm}-{setting_label(self.setting)}"
-        if self.extra:
-            label += f"-group{self.extra['per_device_batch_size']}"
-        group = f"{plan.name}-{self.phase}-{self.cell.replace('/', '_')}"
-        return Arm(group, label.replace(", ", "-").replace(" ", ""), overrides)
-
-
-def ablation_options(plan: Plan, group: int) -> dict[str, Any]:
-    """``group`` completions sorted together, ``ablation_per_step`` per optimizer step."""
-    return {
-        "per_device_batch_size": group,
-        "gradient_accumulation_steps": plan.ablation_per_step // group,
-        "max_steps": plan.ablation_steps,
-        "warmup_steps": plan.ablation_warmup,
-    }
-
-
-#: Options of a run's config that name files of this machine (left out of records).
-_PATHS = ("output_dir", "model", "dataset", "eval_dataset", "toy_config", "toy_cache_dir")
+        label = run_label(self.arm, setting_label(self.setting), self.extra)
+        return Arm(f"{plan.name}-{self.phase}-{self.cell.replace('/', '_')}", label, overrides)
 
 
 @functools.lru_cache(maxsize=8)
@@ -290,7 +277,7 @@ def record(run: Run, plan: Plan, summary: dict[str, Any], seconds: float) -> dic
         "reference_cvar10": summary["reference_reward_cvar10"],
         "wall_s": seconds,
         "train_time_s": summary["train_time_s"],
-        "config": {k: v for k, v in cfg.items() if k not in _PATHS},
+        "config": {k: v for k, v in cfg.items() if k not in PATHS},
     }
     if run.task == "letters-tail":
         hard = torch.tensor(hard_prompts(plan.task_config(run.task, 0), run.prompts))
@@ -336,41 +323,20 @@ def prepare_data(plan: Plan, tasks: Sequence[str], work: Path, jobs: int) -> dic
     return {f"{task}/{d}": s for (task, d), s in zip(keys, stats, strict=True)}
 
 
+#: The validation metrics of the tuning table.
+TUNED = ("reward_mean", "kl", "cvar10", "fsd_violation_per_prompt")
+
+
 def tune_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell, arm and configuration of the tune phase: the validation metrics, each the
-    mean over the tuning seeds, in grid order."""
-    tune = [r for r in runs if r["phase"] == "tune"]
-    rows = []
-    for key in dict.fromkeys((r["cell"], r["arm"], r["setting_label"]) for r in tune):
-        same = [r for r in tune if (r["cell"], r["arm"], r["setting_label"]) == key]
-        rows.append(
-            {
-                "cell": key[0],
-                "arm": key[1],
-                "setting_label": key[2],
-                "setting": same[0]["setting"],
-                "seeds": len(same),
-                **{
-                    m: fmean(r[m] for r in same)
-                    for m in ("reward_mean", "kl", "cvar10", "fsd_violation_per_prompt")
-                },
-            }
-        )
-    return rows
+    """Per cell, arm and configuration: :data:`TUNED` on the validation prompts, means over the
+    tuning seeds."""
+    return regimes.tune_table(runs, "arm", TUNED)
 
 
 def select(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """By reward: per cell and arm, the configuration of highest mean validation reward
     (ties: the lower KL; then grid order)."""
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in tune_table(runs):
-        key = (row["cell"], row["arm"])
-        if key not in best or (row["reward_mean"], -row["kl"]) > (
-            best[key]["reward_mean"],
-            -best[key]["kl"],
-        ):
-            best[key] = row
-    return {key: row["setting"] for key, row in best.items()}
+    return regimes.select(runs, "arm")
 
 
 def nearest_kl(runs: Sequence[dict[str, Any]], target: float) -> dict[tuple[str, str], Any]:
@@ -430,7 +396,9 @@ def run_study(plan: Plan, work: Path, jobs: int = 2) -> dict[str, Any]:
                 chosen[key, arm],
                 seed,
                 plan.data_seeds[0],
-                ablation_options(plan, g),
+                ablation_options(
+                    g, plan.ablation_per_step, plan.ablation_steps, plan.ablation_warmup
+                ),
             )
             for g in plan.ablation_groups
             for seed in plan.ablation_seeds

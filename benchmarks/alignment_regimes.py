@@ -172,21 +172,34 @@ class Run:
             "toy_eval_prompts": self.prompts,
             **self.extra,
         }
-        label = f"{self.method}-{setting_label(self.setting)}"
-        if self.extra:
-            label += f"-group{self.extra['per_device_batch_size']}"
-        group = f"{plan.name}-{self.phase}-{self.cell}"
-        return Arm(group, label.replace(", ", "-").replace(" ", ""), overrides)
+        label = run_label(self.method, setting_label(self.setting), self.extra)
+        return Arm(f"{plan.name}-{self.phase}-{self.cell}", label, overrides)
 
 
-def ablation_options(plan: Plan, group: int) -> dict[str, Any]:
-    """``group`` completions sorted together, ``ablation_per_step`` per optimizer step."""
+def ablation_options(group: int, per_step: int, steps: int, warmup: int) -> dict[str, Any]:
+    """``align.py``'s batch options of a sort-group ablation: ``group`` completions sorted
+    together, ``per_step`` per optimizer step (accumulated), ``steps`` steps."""
     return {
         "per_device_batch_size": group,
-        "gradient_accumulation_steps": plan.ablation_per_step // group,
-        "max_steps": plan.ablation_steps,
-        "warmup_steps": plan.ablation_warmup,
+        "gradient_accumulation_steps": per_step // group,
+        "max_steps": steps,
+        "warmup_steps": warmup,
     }
+
+
+def ablation(plan: Plan, group: int) -> dict[str, Any]:
+    """The plan's ablation options for ``group``."""
+    return ablation_options(
+        group, plan.ablation_per_step, plan.ablation_steps, plan.ablation_warmup
+    )
+
+
+def run_label(name: str, setting: str, extra: dict[str, Any]) -> str:
+    """A run's directory label: its method or arm, configuration and (ablation) group."""
+    label = f"{name}-{setting}"
+    if extra:
+        label += f"-group{extra['per_device_batch_size']}"
+    return label.replace(", ", "-").replace(" ", "")
 
 
 #: The metrics of a record and the keys of ``toy.evaluate_policy`` they come from.
@@ -200,7 +213,7 @@ METRICS = {
     "fsd_violation_pooled": "fsd_violation_pooled",
 }
 #: Options of a run's config that name files of this machine (left out of records).
-_PATHS = ("output_dir", "model", "dataset", "eval_dataset", "toy_config", "toy_cache_dir")
+PATHS = ("output_dir", "model", "dataset", "eval_dataset", "toy_config", "toy_cache_dir")
 
 
 def record(run: Run, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -228,7 +241,7 @@ def record(run: Run, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
         "train_examples": summary["train_examples"],
         "wall_s": seconds,
         "train_time_s": summary["train_time_s"],
-        "config": {k: v for k, v in cfg.items() if k not in _PATHS},
+        "config": {k: v for k, v in cfg.items() if k not in PATHS},
     }
 
 
@@ -251,33 +264,39 @@ def run_all(
     return [f.result() for f in futures]
 
 
-def tune_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell, method and configuration of the tune phase: the validation reward and KL,
-    each the mean over the tuning seeds, in grid order."""
+def tune_table(
+    runs: Sequence[dict[str, Any]],
+    who: str = "method",
+    metrics: Sequence[str] = ("reward_mean", "kl"),
+) -> list[dict[str, Any]]:
+    """Per cell, ``who`` (method or arm) and configuration of the tune phase: the ``metrics``
+    on the validation prompts, each the mean over the tuning seeds, in grid order."""
     tune = [r for r in runs if r["phase"] == "tune"]
     rows = []
-    for key in dict.fromkeys((r["cell"], r["method"], r["setting_label"]) for r in tune):
-        same = [r for r in tune if (r["cell"], r["method"], r["setting_label"]) == key]
+    for key in dict.fromkeys((r["cell"], r[who], r["setting_label"]) for r in tune):
+        same = [r for r in tune if (r["cell"], r[who], r["setting_label"]) == key]
         rows.append(
             {
                 "cell": key[0],
-                "method": key[1],
+                who: key[1],
                 "setting_label": key[2],
                 "setting": same[0]["setting"],
                 "seeds": len(same),
-                "reward_mean": fmean(r["reward_mean"] for r in same),
-                "kl": fmean(r["kl"] for r in same),
+                **{m: fmean(r[m] for r in same) for m in metrics},
             }
         )
     return rows
 
 
-def select(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The protocol's selection: per cell and method, the configuration with the highest
-    validation reward averaged over the tuning seeds (ties: the lower KL; then grid order)."""
+def select(
+    runs: Sequence[dict[str, Any]], who: str = "method"
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The protocol's selection: per cell and ``who`` (method or arm), the configuration with
+    the highest validation reward averaged over the tuning seeds (ties: the lower KL; then grid
+    order)."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in tune_table(runs):
-        key = (row["cell"], row["method"])
+    for row in tune_table(runs, who):
+        key = (row["cell"], row[who])
         if key not in best or (row["reward_mean"], -row["kl"]) > (
             best[key]["reward_mean"],
             -best[key]["kl"],
@@ -308,7 +327,7 @@ def run_study(plan: Plan, work: Path, jobs: int = 2, reuse: bool = False) -> dic
     if ("unpaired", "aot_unpaired") in chosen:
         setting = chosen["unpaired", "aot_unpaired"]
         test += [
-            Run("ablation", "unpaired", "aot_unpaired", setting, seed, ablation_options(plan, g))
+            Run("ablation", "unpaired", "aot_unpaired", setting, seed, ablation(plan, g))
             for g in plan.ablation_groups
             for seed in plan.test_seeds
         ]
