@@ -31,7 +31,7 @@ import json
 import platform
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -48,7 +48,6 @@ from aot_examples.toy.regimes import (
     verdict,
 )
 from aot_examples.toy.task import make_splits
-from tqdm import tqdm
 
 from benchmarks import alignment_regimes as regimes
 from benchmarks.alignment import Arm, launch
@@ -57,11 +56,13 @@ from benchmarks.alignment_regimes import (
     Comparison,
     ablation_options,
     compare,
+    in_parallel,
     interval_text,
     markdown_table,
     mean_sd,
     paired_differences,
     plot_ablation,
+    plot_cell,
     run_label,
     signed,
 )
@@ -300,13 +301,7 @@ def run_all(runs: Sequence[Run], plan: Plan, work: Path, jobs: int) -> list[dict
         )
         return record(run, plan, summary, seconds)
 
-    progress = tqdm(total=len(runs), desc=f"{plan.name} runs")
-    with ThreadPoolExecutor(jobs) as pool:  # the runs are processes: threads only wait
-        futures = [pool.submit(execute, run) for run in runs]
-        for _ in as_completed(futures):
-            progress.update()
-    progress.close()
-    return [f.result() for f in futures]
+    return in_parallel(execute, runs, jobs, f"{plan.name} runs")
 
 
 def prepare_data(plan: Plan, tasks: Sequence[str], work: Path, jobs: int) -> dict[str, Any]:
@@ -819,63 +814,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_cell(runs: Sequence[dict[str, Any]], cell: str, target: float, path: Path) -> None:
-    """Reward against KL: every configuration on the validation prompts (means of the tuning
-    seeds; the selected one ringed), and the test runs (the mean starred); the dotted line is
-    the KL target."""
-    plt = _pyplot()
-    rows = [r for r in tune_table(runs) if r["cell"] == cell]
-    chosen = select(runs)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        color = COLORS.get(arm)
-        line = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["kl"])
-        left.plot(
-            [r["kl"] for r in line],
-            [r["reward_mean"] for r in line],
-            "o-",
-            color=color,
-            label=arm,
-            ms=4,
-        )
-        for r in line:
-            if r["setting"] == chosen[cell, arm]:
-                left.plot(r["kl"], r["reward_mean"], "o", ms=12, mfc="none", color=color)
-        test = [r for r in runs if r["phase"] == "test" and r["cell"] == cell and r["arm"] == arm]
-        right.plot(
-            [r["kl"] for r in test],
-            [r["reward_mean"] for r in test],
-            "o",
-            alpha=0.35,
-            color=color,
-            label=arm,
-            ms=4,
-        )
-        right.plot(
-            fmean(r["kl"] for r in test),
-            fmean(r["reward_mean"] for r in test),
-            "*",
-            ms=14,
-            color=color,
-            mec="black",
-        )
-    for ax, title in (
-        (left, "every configuration, validation (ringed: selected)"),
-        (right, "selected configurations, test (star: mean)"),
-    ):
-        ax.axvline(target, color="gray", ls=":", lw=1)
-        ax.set_title(f"{cell}: {title}", fontsize=9)
-        ax.set_xlabel("KL(policy || reference)")
-        ax.set_ylabel("exact reward")
-        ax.legend(fontsize=7)
-    left.set_xscale("symlog", linthresh=0.1)
-    left.set_xlabel("KL(policy || reference), linear below 0.1")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_quantiles(dominance: Sequence[dict[str, Any]], cell: str, path: Path) -> None:
     """Q_AOT(t) - Q_per-pair(t) of the pooled test rewards against the level t, for each AOT
     arm against its family's per-pair arm (below 0: the AOT arm's quantile is lower)."""
@@ -1027,7 +965,7 @@ def cell_section(
         "Matched KL:\n\n" + markdown_table(header, matched_kl(runs, cell, target), "lrrlrrr")
     )
     image = docs / "img" / f"{name}_{cell.replace('/', '_')}.png"
-    plot_cell(runs, cell, target, image)
+    plot_cell(runs, cell, image, who="arm", target=target, colors=COLORS)
     parts.append(f"![{cell}: reward against KL](img/{image.name})")
     rows = [
         [

@@ -28,13 +28,13 @@ import dataclasses
 import json
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from statistics import fmean, median, stdev
-from typing import Any
+from typing import Any, TypeVar
 
 from aot_examples import toy
 from aot_examples.config import EMBEDDED_DEFAULTS
@@ -57,6 +57,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 NAME = "alignment_regimes"
 
+T = TypeVar("T")
 CELLS = tuple(toy.CELL_DATA)  # best_vs_worst, noisy, unpaired
 TUNING_SEEDS = (100, 101)
 TEST_SEEDS = (0, 1, 2, 3, 4)
@@ -255,8 +256,16 @@ def run_all(
         summary, seconds = launch(run.arm(plan), run.seed, work, plan.base, reuse=reuse)
         return record(run, summary, seconds)
 
-    progress = tqdm(total=len(runs), desc=f"{plan.name} runs")
-    with ThreadPoolExecutor(jobs) as pool:  # the runs are processes: threads only wait
+    return in_parallel(execute, runs, jobs, f"{plan.name} runs")
+
+
+def in_parallel(
+    execute: Callable[[T], dict[str, Any]], runs: Sequence[T], jobs: int, desc: str
+) -> list[dict[str, Any]]:
+    """``execute`` of every run, ``jobs`` at a time on threads (the runs are processes: the
+    threads only wait), with a progress bar; the results in the order given."""
+    progress = tqdm(total=len(runs), desc=desc)
+    with ThreadPoolExecutor(jobs) as pool:
         futures = [pool.submit(execute, run) for run in runs]
         for _ in as_completed(futures):
             progress.update()
@@ -577,23 +586,33 @@ COLORS = {
 }
 
 
-def plot_cell(runs: Sequence[dict[str, Any]], cell: str, path: Path) -> None:
-    """Reward against KL: every configuration on the validation prompts (means of the tuning
-    seeds; the chosen one ringed), and the test runs (the mean starred); the dotted line is
-    the cell's median test-phase KL (the matched KL)."""
+def plot_cell(
+    runs: Sequence[dict[str, Any]],
+    cell: str,
+    path: Path,
+    *,
+    who: str = "method",
+    target: float | None = None,
+    colors: dict[str, str] = COLORS,
+) -> None:
+    """Reward against KL of each ``who`` (method or arm): every configuration on the
+    validation prompts (means of the tuning seeds; the chosen one ringed), and the test runs
+    (the mean starred); the dotted line is ``target``, by default the cell's median test-phase
+    KL (the matched KL)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in tune_table(runs) if r["cell"] == cell]
+    rows = [r for r in tune_table(runs, who) if r["cell"] == cell]
     test = [r for r in runs if r["phase"] == "test" and r["cell"] == cell]
-    chosen = select(runs)
-    target, _ = matched_kl(runs, cell)
+    chosen = select(runs, who)
+    if target is None:
+        target, _ = matched_kl(runs, cell)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        color = COLORS.get(method)
-        line = sorted((r for r in rows if r["method"] == method), key=lambda r: r["kl"])
+    for method in dict.fromkeys(r[who] for r in rows):
+        color = colors.get(method)
+        line = sorted((r for r in rows if r[who] == method), key=lambda r: r["kl"])
         left.plot(
             [r["kl"] for r in line],
             [r["reward_mean"] for r in line],
@@ -604,7 +623,7 @@ def plot_cell(runs: Sequence[dict[str, Any]], cell: str, path: Path) -> None:
         for r in line:
             if r["setting"] == chosen[cell, method]:
                 left.plot(r["kl"], r["reward_mean"], "o", ms=13, mfc="none", color=color)
-        mine = [r for r in test if r["method"] == method]
+        mine = [r for r in test if r[who] == method]
         if mine:
             right.plot(
                 [r["kl"] for r in mine],
